@@ -1,0 +1,44 @@
+# offload: `make serve` and `make test` set everything up themselves (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+REPO   ?= model_repository
+# Extra flags for `offload serve`, e.g. make serve SERVE_ARGS="--grpc-port 0 -m jet_tagger"
+SERVE_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv serve test lint repo-check bench clean
+
+help:
+	@echo "make serve   start a real Triton server on this machine with $(REPO)/"
+	@echo "make test    lint, check the model repository and run the test suite"
+	@echo "make bench   served vs in-process throughput per CPU backend (perf/)"
+	@echo "make clean   remove the virtual environment and caches"
+
+# One virtual environment; each stamp records which extras it holds. A stamp is newer
+# than pyproject.toml once installed, so a second run installs nothing.
+$(VENV)/.stamp-%: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing offload[$*] into $(VENV) (once; later runs skip this)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$*]"
+	@touch $@
+
+venv: $(VENV)/.stamp-server,train,dev
+
+serve: $(VENV)/.stamp-server
+	$(VENV)/bin/offload serve --model-repository $(REPO) $(SERVE_ARGS)
+
+lint: $(VENV)/.stamp-server,train,dev
+	$(VENV)/bin/ruff check .
+
+repo-check: $(VENV)/.stamp-server
+	$(VENV)/bin/offload repo check $(REPO)
+
+test: $(VENV)/.stamp-server,train,dev lint repo-check
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.stamp-server,train,dev
+	$(PY) perf/bench_backends.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info client/*.egg-info

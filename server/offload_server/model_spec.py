@@ -1,0 +1,144 @@
+"""A model's configuration as the backends and the repository checker see it.
+
+Triton hands a Python backend its configuration as JSON; the repository checker parses
+`config.pbtxt` with Triton's own protobuf (`model_config_pb2`). Both become a
+:class:`ModelSpec`, so that the checks at load time and in `offload repo check` are the
+same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offload.errors import ModelRepositoryError
+
+#: Triton data types that the CPU backends carry, with their numpy equivalents.
+#: (TYPE_BF16 has no numpy dtype; TYPE_STRING is not used by the physics models.)
+TRITON_TO_NUMPY: dict[str, np.dtype] = {
+    "TYPE_BOOL": np.dtype(np.bool_),
+    "TYPE_UINT8": np.dtype(np.uint8),
+    "TYPE_UINT16": np.dtype(np.uint16),
+    "TYPE_UINT32": np.dtype(np.uint32),
+    "TYPE_UINT64": np.dtype(np.uint64),
+    "TYPE_INT8": np.dtype(np.int8),
+    "TYPE_INT16": np.dtype(np.int16),
+    "TYPE_INT32": np.dtype(np.int32),
+    "TYPE_INT64": np.dtype(np.int64),
+    "TYPE_FP16": np.dtype(np.float16),
+    "TYPE_FP32": np.dtype(np.float32),
+    "TYPE_FP64": np.dtype(np.float64),
+}
+
+#: Where each backend looks for its artifact inside a version folder, as the native
+#: backends do (`default_model_filename` in the config overrides it).
+DEFAULT_ARTIFACT = {
+    "onnxruntime": "model.onnx",
+    "pytorch": "model.pt",
+    "tensorflow": "model.savedmodel",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as the config declares it: dims exclude the batch dimension."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return TRITON_TO_NUMPY[self.data_type]
+
+    def describe(self) -> str:
+        return f"{self.data_type.removeprefix('TYPE_')}{list(self.dims)}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    backend: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    default_model_filename: str = ""
+    instance_count: int = 1
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    @property
+    def artifact_name(self) -> str:
+        return self.default_model_filename or DEFAULT_ARTIFACT.get(self.backend, "")
+
+    def artifact_path(self, model_dir: Path, version: str) -> Path:
+        return model_dir / version / self.artifact_name
+
+    def full_shape(self, tensor: TensorSpec) -> tuple[int, ...]:
+        """The shape the artifact sees: a leading -1 for the batch when batching."""
+        return (-1, *tensor.dims) if self.batched else tensor.dims
+
+    def int_parameter(self, *names: str) -> int | None:
+        """The first of `names` present in the config's parameters, as an integer."""
+        for name in names:
+            if name in self.parameters:
+                raw = self.parameters[name]
+                try:
+                    return int(raw)
+                except ValueError:
+                    raise ModelRepositoryError(
+                        f"model '{self.name}': parameter {name} must be an integer, "
+                        f"got {raw!r}"
+                    ) from None
+        return None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelSpec:
+        """From Triton's JSON form of the config (what a Python backend receives) or from
+        `google.protobuf.json_format.MessageToDict(..., preserving_proto_field_name=True)`.
+        """
+        name = config.get("name", "?")
+
+        def tensors(key: str) -> tuple[TensorSpec, ...]:
+            specs = []
+            for entry in config.get(key, []):
+                data_type = entry.get("data_type", "TYPE_INVALID")
+                if data_type not in TRITON_TO_NUMPY:
+                    raise ModelRepositoryError(
+                        f"model '{name}': {key} '{entry.get('name')}' has data_type "
+                        f"{data_type}; the CPU backends carry "
+                        f"{', '.join(t.removeprefix('TYPE_') for t in TRITON_TO_NUMPY)}"
+                    )
+                dims = entry.get("reshape", {}).get("shape") or entry.get("dims", [])
+                specs.append(TensorSpec(entry["name"], data_type, tuple(int(d) for d in dims)))
+            return tuple(specs)
+
+        parameters = {
+            key: str(value.get("string_value", "")) if isinstance(value, Mapping) else str(value)
+            for key, value in config.get("parameters", {}).items()
+        }
+        instance_count = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        return cls(
+            name=name,
+            backend=config.get("backend", ""),
+            max_batch_size=int(config.get("max_batch_size", 0)),
+            inputs=tensors("input"),
+            outputs=tensors("output"),
+            parameters=parameters,
+            default_model_filename=config.get("default_model_filename", ""),
+            instance_count=instance_count,
+        )
+
+
+def shapes_compatible(declared: tuple[int, ...], found: tuple[int, ...]) -> bool:
+    """Same rank, and every dimension equal where neither side is variable (-1)."""
+    return len(declared) == len(found) and all(
+        a == b or a < 0 or b < 0 for a, b in zip(declared, found, strict=True)
+    )
