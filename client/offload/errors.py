@@ -29,4 +29,11 @@ class ServerStartError(ServerError):
 
 
 class ModelRepositoryError(OffloadError):
-    """A model repository, a model's `config.pbtxt` or its artifact is wrong."""
+    """A model repository, a model's `config.pbtxt` or its artifact is wrong.
+
+    `problems` lists each disagreement on its own when there are several.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]

@@ -366,8 +366,10 @@ class LocalServer:
     def _failure_message(self, headline: str) -> str:
         errors = [line for line in self._log_tail
                   if _ERROR_LINE.match(line) and not any(h in line for h in _HARMLESS)]
-        table = [line for line in self._log_tail if line.startswith("|") and "UNAVAILABLE" in line]
-        shown = errors + table or self.log_tail(20)
+        # Triton repeats a model's error once per instance and once more when it gives up on
+        # the model; its "failed to load" line alone says it all.
+        failures = [line for line in errors if _LOAD_FAILED_LINE.search(line)]
+        shown = [_readable(line) for line in failures or errors] or self.log_tail(20)
         hint = ""
         if self._failed:
             hint = (f"\nfailed to load: {', '.join(sorted(self._failed))}; check them with "
@@ -383,6 +385,13 @@ class LocalServer:
                                          data=b"{}" if method == "POST" else None)
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
+
+
+def _readable(line: str) -> str:
+    """A Triton error line without its glog prefix, quoting and Python traceback."""
+    text = line.split("] ", 1)[-1].strip().strip('"')
+    text = text.split("\\n\\nAt:\\n", 1)[0]
+    return text.replace("\\n", "\n    ")
 
 
 def _project_modules() -> list:

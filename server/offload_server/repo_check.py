@@ -17,7 +17,7 @@ from pathlib import Path
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from offload.errors import OffloadError
+from offload.errors import ModelRepositoryError, OffloadError
 from offload_server.model_spec import DEFAULT_ARTIFACT, ModelSpec
 
 # Triton's legacy `platform` names for the backends the project serves.
@@ -132,8 +132,10 @@ def check_model(model_dir: Path, *, load_artifacts: bool = True) -> ModelReport:
     for version in report.versions:
         try:
             load_checked(model_dir, version, spec, loader)
+        except ModelRepositoryError as error:
+            report.errors += [f"{p} (version {version})" for p in error.problems]
         except OffloadError as error:
-            report.errors.append(f"version {version}: {error}")
+            report.errors.append(f"{error} (version {version})")
     return report
 
 

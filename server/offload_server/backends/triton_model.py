@@ -41,7 +41,7 @@ def load_checked(model_dir: Path, version: str, spec: ModelSpec, loader: Loader)
     problems = signature_problems(spec, runner.signature, artifact.name)
     if problems:
         raise ModelRepositoryError(
-            "config.pbtxt and artifact disagree:\n  " + "\n  ".join(problems))
+            "config.pbtxt and artifact disagree:\n  " + "\n  ".join(problems), problems)
     return runner
 
 

@@ -1,0 +1,91 @@
+"""Shared fixtures: a temporary model repository of tiny real models, served by one real
+`tritonserver` for the whole session, and a plain `tritonclient.grpc` client for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tiny_models as tm
+
+from offload_server import LocalServer
+
+# Backend -> (model name, exporter, input name, output name) of the MLP of that backend.
+MLPS = {
+    "onnxruntime": ("mlp_onnx", tm.export_onnx_mlp, "x", "y"),
+    "pytorch": ("mlp_torchscript", tm.export_torchscript_mlp, "INPUT__0", "OUTPUT__0"),
+    "tensorflow": ("mlp_savedmodel", tm.export_savedmodel_mlp, "x", "output_0"),
+}
+DTYPE_MODELS = {
+    "onnxruntime": ("dtypes_onnx", tm.export_onnx_dtypes),
+    "pytorch": ("dtypes_torchscript", tm.export_torchscript_dtypes),
+    "tensorflow": ("dtypes_savedmodel", tm.export_savedmodel_dtypes),
+}
+# A long queue delay, so that concurrent requests surely meet in the dynamic batcher.
+BATCHER = "dynamic_batching { max_queue_delay_microseconds: 200000 }"
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("repository")
+    for name, export, _, _ in MLPS.values():
+        export(repo, name, extra=BATCHER)
+    for name, export in DTYPE_MODELS.values():
+        export(repo, name)
+    tm.export_onnx_constituent_sum(repo)
+    tm.export_onnx_mlp(repo, "mlp_onnx_two_instances", extra=f"""
+instance_group [ {{ count: 2 kind: KIND_CPU }} ]
+parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}
+{BATCHER}""")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The MLPs run in this process, from the same seeds as those exported."""
+    scratch = tmp_path_factory.mktemp("in-process")
+    return {backend: export(scratch) for backend, (_, export, _, _) in MLPS.items()}
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path) -> Iterator[LocalServer]:
+    with LocalServer(repository, startup_timeout=240) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def triton(server: LocalServer):
+    """A plain NVIDIA client, independent of the project's own code."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of this process group (tritonserver and its stubs) remains."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Zombies still count for killpg; a group of only zombies is gone for our purposes.
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def stop_group(pgid: int) -> None:
+    """Last-resort cleanup for a test that failed half way."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,187 @@
+"""Starting and stopping the embedded server: `LocalServer` and `offload serve`."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import tiny_models as tm
+import tritonclient.grpc as grpcclient
+from conftest import group_alive, stop_group
+
+from offload import PortInUseError
+from offload_server import LocalServer
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFLOAD = [sys.executable, "-m", "offload.cli"]
+
+
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("small-repo")
+    tm.export_onnx_mlp(repo, "mlp_a")
+    tm.export_onnx_mlp(repo, "mlp_b")
+    return repo
+
+
+def test_start_and_stop_leave_nothing_behind(small_repo):
+    server = LocalServer(small_repo)
+    with server:
+        assert server.ready()
+        pid, workdir = server.pid, server.log_file.parent
+        assert {m.name: m.state for m in server.models()} == {"mlp_a": "READY", "mlp_b": "READY"}
+        assert group_alive(pid)
+    assert not group_alive(pid)
+    assert not workdir.exists()
+    server.stop()  # a second stop is harmless
+
+
+def test_explicit_mode_loads_only_the_requested_models(small_repo):
+    with LocalServer(small_repo, models=["mlp_b"]) as server:
+        states = {m.name: m.state for m in server.models()}
+    assert states["mlp_b"] == "READY"
+    assert states.get("mlp_a") != "READY"
+
+
+def test_port_in_use_is_refused_before_starting(small_repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = LocalServer(small_repo, grpc_port=port)
+        with pytest.raises(PortInUseError, match=rf"grpc port {port} .* already in use.*--grpc-port"):
+            server.start()
+        assert server.pid is None
+
+
+def test_missing_repository_is_a_clear_error(tmp_path):
+    from offload import ModelRepositoryError
+
+    with pytest.raises(ModelRepositoryError, match="does not exist"):
+        LocalServer(tmp_path / "nowhere").start()
+
+
+def test_missing_nvidia_pytriton_says_how_to_install(tmp_path):
+    # -S: no site-packages, so nvidia-pytriton is absent; the project's own sources only.
+    code = ("import sys; sys.path[:0] = ['client', 'server']\n"
+            "from offload_server import LocalServer\n"
+            f"LocalServer({str(tmp_path)!r}).start()\n")
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "TritonNotInstalledError: nvidia-pytriton is not installed" in result.stderr
+    assert "pip install 'offload[server]'" in result.stderr
+
+
+def test_import_offload_stays_thin():
+    code = ("import sys, offload, offload.cli\n"
+            "heavy = {'torch', 'tensorflow', 'onnxruntime', 'offload_server', 'pytriton', 'rich'}\n"
+            "print(sorted(heavy & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+class ServeProcess:
+    """`offload serve` in a subprocess, its output read line by line without blocking."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen([*OFFLOAD, "serve", *args], cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 180) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.seen)}")
+
+    def output(self) -> str:
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "".join(self.seen)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_offload_serve_is_ready_for_plain_tritonclient_and_stops_on_signal(small_repo, signum):
+    serve = ServeProcess("--model-repository", str(small_repo), "--grpc-port", "0",
+                         "--http-port", "0", "--metrics-port", "0")
+    triton_pid = None
+    try:
+        triton_pid = int(serve.wait_for(r"tritonserver ready \(pid (\d+)").group(1))
+        grpc_url = serve.wait_for(r"gRPC\s+(\S+)").group(1)
+        serve.wait_for(r"mlp_b .*READY")
+        client = grpcclient.InferenceServerClient(grpc_url)
+        assert client.is_server_ready()
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert {(m["name"], m["state"]) for m in index} == {("mlp_a", "READY"), ("mlp_b", "READY")}
+        client.close()
+        started = time.monotonic()
+        serve.process.send_signal(signum)
+        assert serve.process.wait(timeout=30) == 0, serve.output()
+        assert time.monotonic() - started < 20
+        assert not group_alive(triton_pid)
+        assert "stopped." in serve.output()
+    finally:
+        if serve.process.poll() is None:
+            serve.process.kill()
+        if triton_pid:
+            stop_group(triton_pid)
+
+
+def test_offload_serve_with_broken_model_exits_nonzero_with_tritons_errors(tmp_path):
+    tm.export_onnx_mlp(tmp_path, "broken", config_features=tm.N_FEATURES + 1)
+    serve = ServeProcess("--model-repository", str(tmp_path), "--grpc-port", "0",
+                         "--http-port", "0", "--metrics-port", "0")
+    assert serve.process.wait(timeout=120) == 1
+    output = serve.output()
+    assert "failed to load 'broken' version 1" in output
+    assert "input 'x': config.pbtxt implies shape" in output
+
+
+def test_offload_serve_with_taken_port_exits_nonzero(small_repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = ServeProcess("--model-repository", str(small_repo), "--grpc-port", "0",
+                             "--http-port", str(port), "--metrics-port", "0")
+        assert serve.process.wait(timeout=60) == 1
+    assert f"http port {port} on 127.0.0.1 is already in use" in serve.output()
+
+
+def test_offload_repo_check_cli_exit_codes(small_repo, tmp_path):
+    good = subprocess.run([*OFFLOAD, "repo", "check", str(small_repo)], capture_output=True,
+                          text=True, timeout=120)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "mlp_a (onnxruntime, versions 1): ok" in good.stdout
+    tm.export_onnx_mlp(tmp_path, "broken", config_features=3)
+    bad = subprocess.run([*OFFLOAD, "repo", "check", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 1
+    assert "ERROR model 'broken': input 'x'" in bad.stdout
+    assert os.path.exists(tmp_path / "broken" / "1" / "model.onnx")
