@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -85,7 +86,5 @@ def group_alive(pgid: int) -> bool:
 
 def stop_group(pgid: int) -> None:
     """Last-resort cleanup for a test that failed half way."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

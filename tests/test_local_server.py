@@ -58,7 +58,8 @@ def test_port_in_use_is_refused_before_starting(small_repo):
         taken.listen()
         port = taken.getsockname()[1]
         server = LocalServer(small_repo, grpc_port=port)
-        with pytest.raises(PortInUseError, match=rf"grpc port {port} .* already in use.*--grpc-port"):
+        expected = rf"grpc port {port} .* already in use.*--grpc-port"
+        with pytest.raises(PortInUseError, match=expected):
             server.start()
         assert server.pid is None
 

@@ -93,7 +93,8 @@ def export_torchscript_mlp(repo: Path, name: str = "mlp_torchscript", *, extra: 
     return _torch_runner(module, ["OUTPUT__0"])
 
 
-def export_savedmodel_mlp(repo: Path, name: str = "mlp_savedmodel", *, extra: str = "") -> InProcess:
+def export_savedmodel_mlp(repo: Path, name: str = "mlp_savedmodel", *,
+                          extra: str = "") -> InProcess:
     import keras
 
     keras.utils.set_random_seed(0)
@@ -146,7 +147,8 @@ def export_onnx_dtypes(repo: Path, name: str = "dtypes_onnx") -> None:
     example = tuple(torch.from_numpy(np.zeros((2, 3), dtype)) for _, dtype in DTYPES.values())
     torch.onnx.export(_torch_dtype_module(), example, str(model_dir / "1" / "model.onnx"),
                       input_names=list(DTYPES), output_names=[f"{n}_out" for n in DTYPES],
-                      dynamic_axes={n: {0: "batch"} for n in [*DTYPES, *(f"{n}_out" for n in DTYPES)]},
+                      dynamic_axes={n: {0: "batch"}
+                                    for n in [*DTYPES, *(f"{n}_out" for n in DTYPES)]},
                       dynamo=False)
 
 
@@ -161,7 +163,8 @@ def export_savedmodel_dtypes(repo: Path, name: str = "dtypes_savedmodel") -> Non
     import tensorflow as tf
 
     model_dir = write_config(repo, name, dtype_config("tensorflow"))
-    specs = [tf.TensorSpec([None, 3], tf.as_dtype(dtype), name=n) for n, (_, dtype) in DTYPES.items()]
+    specs = [tf.TensorSpec([None, 3], tf.as_dtype(dtype), name=n)
+             for n, (_, dtype) in DTYPES.items()]
 
     class DtypeModule(tf.Module):
         @tf.function(input_signature=specs)
