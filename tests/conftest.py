@@ -14,12 +14,7 @@ import tiny_models as tm
 
 from offload_server import LocalServer
 
-# Backend -> (model name, exporter, input name, output name) of the MLP of that backend.
-MLPS = {
-    "onnxruntime": ("mlp_onnx", tm.export_onnx_mlp, "x", "y"),
-    "pytorch": ("mlp_torchscript", tm.export_torchscript_mlp, "INPUT__0", "OUTPUT__0"),
-    "tensorflow": ("mlp_savedmodel", tm.export_savedmodel_mlp, "x", "output_0"),
-}
+MLPS = tm.MLPS  # backend -> (model name, exporter, input name, output name)
 DTYPE_MODELS = {
     "onnxruntime": ("dtypes_onnx", tm.export_onnx_dtypes),
     "pytorch": ("dtypes_torchscript", tm.export_torchscript_dtypes),

@@ -1,19 +1,27 @@
-"""Tiny real models, exported inside the tests into temporary Triton repositories.
+"""Tiny real models for the tests, exported into temporary Triton repositories.
 
-Each `export_*` writes `<repo>/<name>/config.pbtxt` and `<repo>/<name>/1/<artifact>` and
-returns a function that runs the same model in-process, for comparison with the server.
+The reference MLPs live in `offload_server.reference_models` (the benchmark serves them
+too); the models here exercise data types and variable shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-InProcess = Callable[..., dict[str, np.ndarray]]
-
-N_FEATURES, N_HIDDEN, N_OUT = 8, 32, 3
+from offload_server.reference_models import (  # noqa: F401  (re-exported for the tests)
+    MLPS,
+    N_FEATURES,
+    N_HIDDEN,
+    N_OUT,
+    export_onnx_mlp,
+    export_savedmodel_mlp,
+    export_torchscript_mlp,
+    mlp_config,
+    tensor,
+    write_config,
+)
 
 # (config data_type, numpy dtype) of the dtype round-trip models' five inputs a..e.
 DTYPES = {
@@ -23,91 +31,6 @@ DTYPES = {
     "d": ("TYPE_INT64", np.int64),
     "e": ("TYPE_BOOL", np.bool_),
 }
-
-
-def write_config(repo: Path, name: str, body: str) -> Path:
-    model_dir = repo / name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(f'name: "{name}"\n{body.strip()}\n')
-    return model_dir
-
-
-def tensor(name: str, data_type: str, dims: list[int]) -> str:
-    return f'{{ name: "{name}" data_type: {data_type} dims: {dims} }}'
-
-
-def mlp_config(backend: str, input_name: str, output_name: str, *, max_batch_size: int = 1024,
-               extra: str = "", features: int = N_FEATURES) -> str:
-    return f"""
-backend: "{backend}"
-max_batch_size: {max_batch_size}
-input [ {tensor(input_name, "TYPE_FP32", [features])} ]
-output [ {tensor(output_name, "TYPE_FP32", [N_OUT])} ]
-{extra}
-"""
-
-
-def _torch_mlp(seed: int = 0):
-    import torch
-
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(N_FEATURES, N_HIDDEN), torch.nn.ReLU(),
-        torch.nn.Linear(N_HIDDEN, N_HIDDEN), torch.nn.ReLU(),
-        torch.nn.Linear(N_HIDDEN, N_OUT),
-    ).eval()
-
-
-def _torch_runner(module, names: list[str]) -> InProcess:
-    import torch
-
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            result = module(torch.from_numpy(x))
-        return {names[0]: result.numpy()}
-    return run
-
-
-def export_onnx_mlp(repo: Path, name: str = "mlp_onnx", *, extra: str = "",
-                    config_features: int = N_FEATURES, config_body: str | None = None,
-                    ) -> InProcess:
-    import torch
-
-    module = _torch_mlp()
-    model_dir = write_config(repo, name, config_body or mlp_config(
-        "onnxruntime", "x", "y", extra=extra, features=config_features))
-    torch.onnx.export(module, (torch.zeros(2, N_FEATURES),), str(model_dir / "1" / "model.onnx"),
-                      input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
-    return _torch_runner(module, ["y"])
-
-
-def export_torchscript_mlp(repo: Path, name: str = "mlp_torchscript", *, extra: str = "",
-                           input_name: str = "INPUT__0") -> InProcess:
-    import torch
-
-    module = _torch_mlp()
-    model_dir = write_config(repo, name, mlp_config("pytorch", input_name, "OUTPUT__0",
-                                                     extra=extra))
-    torch.jit.script(module).save(str(model_dir / "1" / "model.pt"))
-    return _torch_runner(module, ["OUTPUT__0"])
-
-
-def export_savedmodel_mlp(repo: Path, name: str = "mlp_savedmodel", *,
-                          extra: str = "") -> InProcess:
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input(shape=(N_FEATURES,), name="x")
-    hidden = keras.layers.Dense(N_HIDDEN, activation="relu")(inputs)
-    hidden = keras.layers.Dense(N_HIDDEN, activation="relu")(hidden)
-    model = keras.Model(inputs, keras.layers.Dense(N_OUT)(hidden))
-    model_dir = write_config(repo, name, mlp_config("tensorflow", "x", "output_0", extra=extra))
-    model.export(str(model_dir / "1" / "model.savedmodel"), verbose=False)
-
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        return {"output_0": np.asarray(model(x, training=False))}
-    return run
 
 
 # ------------------------------------------------------------ dtype round trips

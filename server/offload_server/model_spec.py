@@ -137,6 +137,37 @@ class ModelSpec:
         )
 
 
+def read_config(model_dir: Path):  # -> model_config_pb2.ModelConfig
+    """Parse `config.pbtxt` with Triton's protobuf; errors carry line and column."""
+    path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        raise ModelRepositoryError(f"{path} is missing; with auto-complete off (the default) "
+                                   "every model needs a complete config.pbtxt")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except text_format.ParseError as error:
+        raise ModelRepositoryError(f"{path}:{error}") from None
+    return config
+
+
+def spec_from_proto(config, folder_name: str) -> ModelSpec:
+    """A `model_config_pb2.ModelConfig` as a spec, named after its folder as Triton names it."""
+    from google.protobuf import json_format
+
+    as_dict = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    as_dict["name"] = folder_name
+    return ModelSpec.from_config(as_dict)
+
+
+def spec_from_folder(model_dir: Path) -> ModelSpec:
+    """The spec of a model folder's `config.pbtxt`."""
+    return spec_from_proto(read_config(model_dir), model_dir.name)
+
+
 def shapes_compatible(declared: tuple[int, ...], found: tuple[int, ...]) -> bool:
     """Same rank, and every dimension equal where neither side is variable (-1)."""
     return len(declared) == len(found) and all(

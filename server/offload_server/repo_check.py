@@ -10,26 +10,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from offload.errors import ModelRepositoryError, OffloadError
-from offload_server.model_spec import DEFAULT_ARTIFACT, ModelSpec
+from offload_server.backends import LOADERS
+from offload_server.backends.triton_model import load_checked
+from offload_server.model_spec import DEFAULT_ARTIFACT, read_config, spec_from_proto
 
 # Triton's legacy `platform` names for the backends the project serves.
 PLATFORMS = {
     "onnxruntime_onnx": "onnxruntime",
     "pytorch_libtorch": "pytorch",
     "tensorflow_savedmodel": "tensorflow",
-}
-LOADERS = {
-    "onnxruntime": "offload_server.backends.onnx_runner",
-    "pytorch": "offload_server.backends.torchscript_runner",
-    "tensorflow": "offload_server.backends.savedmodel_runner",
 }
 KNOWN_BACKENDS = (*LOADERS, "python")
 
@@ -70,20 +65,6 @@ def check_repository(path: str | Path, *, load_artifacts: bool = True) -> Reposi
     return report
 
 
-def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
-    """Parse `config.pbtxt` with Triton's protobuf; errors carry line and column."""
-    path = model_dir / "config.pbtxt"
-    if not path.is_file():
-        raise OffloadError(f"{path} is missing; with auto-complete off (the default) every "
-                           "model needs a complete config.pbtxt")
-    config = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(path.read_text(), config)
-    except text_format.ParseError as error:
-        raise OffloadError(f"{path}:{error}") from None
-    return config
-
-
 def check_model(model_dir: Path, *, load_artifacts: bool = True) -> ModelReport:
     report = ModelReport(model_dir.name)
     try:
@@ -120,18 +101,14 @@ def check_model(model_dir: Path, *, load_artifacts: bool = True) -> ModelReport:
                               if not (model_dir / v / "model.py").is_file()]
         return report
     try:
-        spec = ModelSpec.from_config(
-            json_format.MessageToDict(config, preserving_proto_field_name=True))
+        spec = spec_from_proto(config, model_dir.name)
     except OffloadError as error:
         report.errors.append(str(error))
         return report
-    spec = dataclasses.replace(spec, name=model_dir.name, backend=backend)
-    from offload_server.backends.triton_model import load_checked  # imports numpy only
-
-    loader = importlib.import_module(LOADERS[backend]).load
+    spec = dataclasses.replace(spec, backend=backend)  # platform-only configs name no backend
     for version in report.versions:
         try:
-            load_checked(model_dir, version, spec, loader)
+            load_checked(model_dir, version, spec)
         except ModelRepositoryError as error:
             report.errors += [f"{p} (version {version})" for p in error.problems]
         except OffloadError as error:

@@ -5,3 +5,27 @@ loader into the `TritonPythonModel` that Triton's Python-based backend mechanism
 and `offload repo check` uses the same loaders to compare artifacts with configs.
 Framework imports happen inside `load`, never at import time.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from offload_server.backends.runner import Runner
+
+#: backend name -> module whose `load(artifact, spec)` returns a Runner.
+LOADERS = {
+    "onnxruntime": "offload_server.backends.onnx_runner",
+    "pytorch": "offload_server.backends.torchscript_runner",
+    "tensorflow": "offload_server.backends.savedmodel_runner",
+}
+
+
+def load_in_process(model_dir: Path, version: str = "1") -> Runner:
+    """A repository model, loaded in this process by the same code the server runs, and
+    checked against its config: for in-process baselines and local fallbacks."""
+    from offload_server.backends.triton_model import load_checked
+    from offload_server.model_spec import spec_from_folder
+
+    return load_checked(model_dir, version, spec_from_folder(Path(model_dir)))

@@ -9,6 +9,7 @@ message naming the model, the tensor, what was expected and what was found.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from collections.abc import Callable
@@ -25,8 +26,10 @@ Loader = Callable[[Path, ModelSpec], Runner]
 log = logging.getLogger(__name__)
 
 
-def load_checked(model_dir: Path, version: str, spec: ModelSpec, loader: Loader) -> Runner:
-    """Load a model's artifact and refuse it if it disagrees with its config."""
+def load_checked(model_dir: Path, version: str, spec: ModelSpec,
+                 loader: Loader | None = None) -> Runner:
+    """Load a model's artifact and refuse it if it disagrees with its config.
+    Without `loader`, the one registered for the spec's backend."""
     artifact = spec.artifact_path(model_dir, version)
     if not artifact.exists():
         folder = artifact.parent
@@ -37,6 +40,14 @@ def load_checked(model_dir: Path, version: str, spec: ModelSpec, loader: Loader)
             f"{', '.join(present) or 'nothing'}); export it there or set "
             f"default_model_filename"
         )
+    if loader is None:
+        from offload_server.backends import LOADERS
+
+        if spec.backend not in LOADERS:
+            raise ModelRepositoryError(
+                f"model '{spec.name}': no CPU backend named '{spec.backend}' "
+                f"(there are: {', '.join(LOADERS)})")
+        loader = importlib.import_module(LOADERS[spec.backend]).load
     runner = loader(artifact, spec)
     problems = signature_problems(spec, runner.signature, artifact.name)
     if problems:
