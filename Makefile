@@ -15,12 +15,14 @@ help:
 	@echo "make bench   served vs in-process throughput per CPU backend (perf/)"
 	@echo "make clean   remove the virtual environment and caches"
 
-# One virtual environment; each stamp records which extras it holds. A stamp is newer
-# than pyproject.toml once installed, so a second run installs nothing.
+# One virtual environment; a stamp per extra records what it holds. Stamps are newer than
+# pyproject.toml once installed, so a second run installs nothing.
+comma := ,
 $(VENV)/.stamp-%: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing offload[$*] into $(VENV) (once; later runs skip this)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$*]"
+	@for extra in $(subst $(comma), ,$*); do touch $(VENV)/.stamp-$$extra; done
 	@touch $@
 
 venv: $(VENV)/.stamp-server,train,dev

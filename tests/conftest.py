@@ -32,6 +32,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, export in DTYPE_MODELS.values():
         export(repo, name)
     tm.export_onnx_constituent_sum(repo)
+    tm.export_torchscript_wrong_output_dtype(repo)
+    tm.export_torchscript_refuses_negative(repo, extra=BATCHER)
     tm.export_onnx_mlp(repo, "mlp_onnx_two_instances", extra=f"""
 instance_group [ {{ count: 2 kind: KIND_CPU }} ]
 parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}

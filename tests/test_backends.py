@@ -140,3 +140,40 @@ def test_batch_over_max_batch_size_is_refused(triton):
     with pytest.raises(InferenceServerException, match=r"batch-size must be <= 1024"):
         infer(triton, "mlp_onnx", {"x": x}, ["y"])
     assert triton.is_model_ready("mlp_onnx")
+
+
+def test_output_dtype_disagreeing_with_config_is_a_clear_error(triton):
+    x = np.ones((2, tm.N_FEATURES), np.float32)
+    with pytest.raises(InferenceServerException) as raised:
+        infer(triton, "wrong_output_dtype", {"INPUT__0": x}, ["OUTPUT__0"])
+    assert ("model 'wrong_output_dtype': output 'OUTPUT__0': config.pbtxt declares TYPE_FP32 "
+            "(float32), the model returned float64") in str(raised.value)
+    assert triton.is_model_ready("wrong_output_dtype")
+
+
+def test_model_error_reaches_its_caller_and_the_server_stays_up(triton):
+    good = np.ones((2, tm.N_FEATURES), np.float32)
+    with pytest.raises(InferenceServerException) as raised:
+        infer(triton, "refuses_negative", {"INPUT__0": -good}, ["OUTPUT__0"])
+    message = str(raised.value)
+    assert "model 'refuses_negative' (pytorch) failed on a batch of 2" in message
+    assert "negative energy in input" in message
+    # The same model keeps serving good requests.
+    served = infer(triton, "refuses_negative", {"INPUT__0": good}, ["OUTPUT__0"])["OUTPUT__0"]
+    np.testing.assert_array_equal(served, good)
+
+
+def test_a_bad_request_merged_with_good_ones_fails_alone(triton):
+    rng = np.random.default_rng(11)
+    batches = [np.abs(rng.normal(size=(1, tm.N_FEATURES))).astype(np.float32) for _ in range(16)]
+    batches[5] = -batches[5]
+    _, executions_before = _execution_counts(triton, "refuses_negative")
+    results = _concurrent(triton, "refuses_negative", "INPUT__0", batches, "OUTPUT__0")
+    assert isinstance(results[5], InferenceServerException)
+    assert "negative energy in input" in str(results[5])
+    for index, (x, served) in enumerate(zip(batches, results, strict=True)):
+        if index != 5:
+            assert not isinstance(served, Exception), (index, served)
+            np.testing.assert_array_equal(served, x)
+    _, executions = _execution_counts(triton, "refuses_negative")
+    assert executions - executions_before < 16  # they were merged, and still kept apart

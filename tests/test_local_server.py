@@ -95,9 +95,12 @@ def test_import_offload_stays_thin():
 class ServeProcess:
     """`offload serve` in a subprocess, its output read line by line without blocking."""
 
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([*OFFLOAD, "serve", *args], cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def __init__(self, *args: str, command: list[str] | None = None) -> None:
+        # Its own session, so that a test can signal the whole group as a terminal's Ctrl-C
+        # would.
+        self.process = subprocess.Popen(command or [*OFFLOAD, "serve", *args], cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -127,10 +130,12 @@ class ServeProcess:
         return "".join(self.seen)
 
 
+FREE_PORTS = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_offload_serve_is_ready_for_plain_tritonclient_and_stops_on_signal(small_repo, signum):
-    serve = ServeProcess("--model-repository", str(small_repo), "--grpc-port", "0",
-                         "--http-port", "0", "--metrics-port", "0")
+    serve = ServeProcess("--model-repository", str(small_repo), *FREE_PORTS)
     triton_pid = None
     try:
         triton_pid = int(serve.wait_for(r"tritonserver ready \(pid (\d+)").group(1))
@@ -154,10 +159,31 @@ def test_offload_serve_is_ready_for_plain_tritonclient_and_stops_on_signal(small
             stop_group(triton_pid)
 
 
+def test_make_serve_starts_the_server_and_ctrl_c_stops_it(small_repo):
+    serve = ServeProcess(command=["make", "--no-print-directory", "serve", f"REPO={small_repo}",
+                                  f"SERVE_ARGS={' '.join(FREE_PORTS)}"])
+    triton_pid = None
+    try:
+        triton_pid = int(serve.wait_for(r"tritonserver ready \(pid (\d+)").group(1))
+        grpc_url = serve.wait_for(r"gRPC\s+(\S+)").group(1)
+        client = grpcclient.InferenceServerClient(grpc_url)
+        assert client.is_server_ready()
+        assert client.is_model_ready("mlp_a") and client.is_model_ready("mlp_b")
+        client.close()
+        os.killpg(serve.process.pid, signal.SIGINT)  # Ctrl-C reaches the foreground group
+        serve.process.wait(timeout=30)
+        serve.wait_for("stopped.", timeout=10)
+        assert not group_alive(triton_pid)
+    finally:
+        if serve.process.poll() is None:
+            os.killpg(serve.process.pid, signal.SIGKILL)
+        if triton_pid:
+            stop_group(triton_pid)
+
+
 def test_offload_serve_with_broken_model_exits_nonzero_with_tritons_errors(tmp_path):
     tm.export_onnx_mlp(tmp_path, "broken", config_features=tm.N_FEATURES + 1)
-    serve = ServeProcess("--model-repository", str(tmp_path), "--grpc-port", "0",
-                         "--http-port", "0", "--metrics-port", "0")
+    serve = ServeProcess("--model-repository", str(tmp_path), *FREE_PORTS)
     assert serve.process.wait(timeout=120) == 1
     output = serve.output()
     assert "failed to load 'broken' version 1" in output

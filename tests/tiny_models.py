@@ -120,3 +120,35 @@ dynamic_batching {{ max_queue_delay_microseconds: 20000 }}
                       input_names=["constituents"], output_names=["jet"],
                       dynamic_axes={"constituents": {0: "batch", 1: "n"}, "jet": {0: "batch"}},
                       dynamo=False)
+
+
+# ------------------------------------------------------------ models that fail at run time
+def export_torchscript_wrong_output_dtype(repo: Path, name: str = "wrong_output_dtype") -> None:
+    """Declares FP32 but returns float64: TorchScript keeps no dtypes, so only running it
+    can tell."""
+    import torch
+
+    class Doubles(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.double()
+
+    model_dir = write_config(repo, name, mlp_config("pytorch", "INPUT__0", "OUTPUT__0")
+                             .replace(f"dims: [{N_OUT}]", f"dims: [{N_FEATURES}]"))
+    torch.jit.script(Doubles()).save(str(model_dir / "1" / "model.pt"))
+
+
+def export_torchscript_refuses_negative(repo: Path, name: str = "refuses_negative",
+                                        extra: str = "") -> None:
+    """Raises inside forward() for negative input, like a model meeting data it cannot take."""
+    import torch
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x < 0).any()):
+                raise ValueError("negative energy in input")
+            return x
+
+    model_dir = write_config(repo, name, mlp_config("pytorch", "INPUT__0", "OUTPUT__0",
+                                                     extra=extra)
+                             .replace(f"dims: [{N_OUT}]", f"dims: [{N_FEATURES}]"))
+    torch.jit.script(Refuses()).save(str(model_dir / "1" / "model.pt"))

@@ -43,20 +43,20 @@ class OnnxRunner:
         if inter is not None:
             options.inter_op_num_threads = inter
         try:
-            self._session = ort.InferenceSession(str(artifact), options,
+            self.session = ort.InferenceSession(str(artifact), options,
                                                  providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception zoo
             raise ModelRepositoryError(
                 f"model '{spec.name}': onnxruntime cannot load {artifact}: {error}"
             ) from error
         self.signature = Signature(
-            inputs=tuple(_tensor(arg) for arg in self._session.get_inputs()),
-            outputs=tuple(_tensor(arg) for arg in self._session.get_outputs()),
+            inputs=tuple(_tensor(arg) for arg in self.session.get_inputs()),
+            outputs=tuple(_tensor(arg) for arg in self.session.get_outputs()),
         )
         self._output_names = [t.name for t in spec.outputs]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self._session.run(self._output_names, dict(inputs))
+        values = self.session.run(self._output_names, dict(inputs))
         return dict(zip(self._output_names, values, strict=True))
 
 

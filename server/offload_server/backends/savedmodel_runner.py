@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from offload_server.backends.runner import ArtifactTensor, Signature
 from offload_server.model_spec import ModelSpec
 
 DEFAULT_SIGNATURE = "serving_default"
+log = logging.getLogger(__name__)
 
 
 class SavedModelRunner:
@@ -20,14 +22,16 @@ class SavedModelRunner:
 
         intra = spec.int_parameter("TF_INTRA_OP_PARALLELISM")
         inter = spec.int_parameter("TF_INTER_OP_PARALLELISM")
-        # Threads are per process (one process per instance); only settable before use.
+        # Threads are per process (one process per instance), settable only before
+        # TensorFlow's first use, which in a backend stub this is.
         try:
             if intra is not None:
                 tf.config.threading.set_intra_op_parallelism_threads(intra)
             if inter is not None:
                 tf.config.threading.set_inter_op_parallelism_threads(inter)
-        except RuntimeError:
-            pass
+        except RuntimeError as error:
+            log.warning("model '%s': TensorFlow was already initialised in this process; "
+                        "thread parameters not applied: %s", spec.name, error)
         self._tf = tf
         signature_name = spec.parameters.get("TF_SIGNATURE_DEF") or DEFAULT_SIGNATURE
         try:

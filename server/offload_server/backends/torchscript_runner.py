@@ -7,7 +7,7 @@ returned tuple; otherwise outputs are taken in the config's order.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +18,7 @@ from offload.errors import ModelRepositoryError
 from offload_server.backends.runner import ArtifactTensor, Signature
 from offload_server.model_spec import ModelSpec
 
+log = logging.getLogger(__name__)
 _INDEXED = re.compile(r"^.+__(\d+)$")
 
 
@@ -40,9 +41,12 @@ class TorchScriptRunner:
         if intra is not None and intra > 0:
             torch.set_num_threads(intra)
         if inter is not None and inter > 0:
-            # May be set only once per process, before any inter-op work.
-            with contextlib.suppress(RuntimeError):
+            # Settable once per process, before any inter-op work: true in a fresh stub.
+            try:
                 torch.set_num_interop_threads(inter)
+            except RuntimeError as error:
+                log.warning("model '%s': INTER_OP_THREAD_COUNT not applied: %s",
+                            spec.name, error)
         try:
             self._module = torch.jit.load(str(artifact), map_location="cpu").eval()
         except Exception as error:

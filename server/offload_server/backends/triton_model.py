@@ -129,6 +129,12 @@ class BatchingTritonModel:
             outputs = self.runner.run(merged)
             self._check_outputs(outputs, sum(sizes))
         except Exception as error:
+            if len(members) > 1:
+                # One request's bad data must not fail the others merged with it: run each
+                # on its own, so that only the culprit gets the error.
+                for member in members:
+                    self._run_group([member], responses)
+                return
             message = str(error)
             if not isinstance(error, ModelRepositoryError):
                 message = (f"model '{self.spec.name}' ({self.spec.backend}) failed on a batch "
