@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,20 @@ class Measurement:
     latency_p50_ms: float
     windows: int
     stable: bool
+    # Served only: Triton's own time per request (queue + compute), from its statistics API;
+    # the rest of the round trip is the client, gRPC and the loopback.
+    server_us_per_request: float | None = None
+
+
+def server_time_ns(grpc_url: str, model: str) -> tuple[int, int]:
+    """(requests, nanoseconds) Triton has spent on `model` so far."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    client.close()
+    success = stats["inference_stats"]["success"]
+    return int(success.get("count", 0)), int(success.get("ns", 0))
 
 
 def measure(call: Callable[[], None], *, batch: int, concurrency: int, window: float,
@@ -118,14 +133,11 @@ def machine() -> dict[str, str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    import onnxruntime
-    import tensorflow
-    import torch
-
     return {
         "host": platform.node(), "cpu": cpu, "cores": str(os.cpu_count()),
-        "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-        "torch": torch.__version__, "tensorflow": tensorflow.__version__,
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("onnxruntime", "torch", "tensorflow", "grpcio",
+                                            "tritonclient")},
         "tritonserver": "2.51.0 (nvidia-pytriton 0.7.0)", "gpu": "none",
     }
 
@@ -202,15 +214,22 @@ def main(argv: list[str] | None = None) -> int:
                                                              output_name, x), c)
                     for mode, (call, concurrency) in calls.items():
                         progress.update(task, description=f"{backend} batch {batch} {mode}")
+                        served = mode != "in-process"
+                        before = server_time_ns(server.grpc_url, model) if served else (0, 0)
                         rate, p50, windows, stable = measure(
                             call, batch=batch, concurrency=concurrency, window=args.window,
                             max_windows=args.max_windows, stability=args.stability)
+                        server_us = None
+                        if served:
+                            after = server_time_ns(server.grpc_url, model)
+                            server_us = (after[1] - before[1]) / max(after[0] - before[0], 1) / 1e3
                         results.append(Measurement(backend, mode, batch, rate, p50, windows,
-                                                   stable))
+                                                   stable, server_us))
                         progress.advance(task)
     table = Table(title="served vs in-process (inferences/s; ratio = served / in-process)")
     for column in ("backend", "batch", "in-process", *(f"served c{c}" for c in concurrencies),
-                   *(f"ratio c{c}" for c in concurrencies), "p50 ms (in-proc / c1)"):
+                   *(f"ratio c{c}" for c in concurrencies), "p50 ms (in-proc / c1)",
+                   "Triton µs/request (c1)"):
         table.add_column(column, justify="right")
     for backend in backends:
         for batch in batches:
@@ -221,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 backend, str(batch), f"{base.throughput:,.0f}{_flag(base)}",
                 *(f"{s.throughput:,.0f}{_flag(s)}" for s in served),
                 *(f"{s.throughput / base.throughput:.2f}" for s in served),
-                f"{base.latency_p50_ms:.3f} / {served[0].latency_p50_ms:.3f}")
+                f"{base.latency_p50_ms:.3f} / {served[0].latency_p50_ms:.3f}",
+                f"{served[0].server_us_per_request:.0f}")
     console.print(table)
     if not all(r.stable for r in results):
         console.print("* not stable within the given windows: treat with care")
