@@ -212,3 +212,29 @@ def test_offload_repo_check_cli_exit_codes(small_repo, tmp_path):
     assert bad.returncode == 1
     assert "ERROR model 'broken': input 'x'" in bad.stdout
     assert os.path.exists(tmp_path / "broken" / "1" / "model.onnx")
+
+
+def test_poll_mode_with_passed_through_triton_flag_loads_a_model_added_later(tmp_path):
+    repo, staging = tmp_path / "repo", tmp_path / "staging"
+    tm.export_onnx_mlp(repo, "first")
+    serve = ServeProcess("--model-repository", str(repo), *FREE_PORTS,
+                         "--model-control-mode", "poll", "--", "--repository-poll-secs=1")
+    triton_pid = None
+    try:
+        triton_pid = int(serve.wait_for(r"tritonserver ready \(pid (\d+)").group(1))
+        client = grpcclient.InferenceServerClient(serve.wait_for(r"gRPC\s+(\S+)").group(1))
+        assert client.is_model_ready("first")
+        tm.export_onnx_mlp(staging, "second")
+        (staging / "second").rename(repo / "second")  # appears, whole, while the server runs
+        deadline = time.monotonic() + 60
+        while not client.is_model_ready("second") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.is_model_ready("second")
+        client.close()
+        serve.process.send_signal(signal.SIGINT)
+        assert serve.process.wait(timeout=30) == 0
+    finally:
+        if serve.process.poll() is None:
+            serve.process.kill()
+        if triton_pid:
+            stop_group(triton_pid)
