@@ -1,0 +1,1 @@
+"""Physics preprocessing shared by training and grid jobs: numpy only."""

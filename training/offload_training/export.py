@@ -1,0 +1,119 @@
+"""Writing a trained model into the Triton repository: config, batch-size choice, checks."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    data_type: str  # Triton's, e.g. "TYPE_FP32"
+    dims: Sequence[int]  # without the batch dimension
+
+    def pbtxt(self) -> str:
+        dims = ", ".join(str(d) for d in self.dims)
+        return f'{{ name: "{self.name}" data_type: {self.data_type} dims: [ {dims} ] }}'
+
+
+def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[Tensor],
+                 outputs: Sequence[Tensor], *, max_queue_delay_us: int = 500,
+                 parameters: dict[str, str] | None = None) -> str:
+    """A complete config (loads with auto-complete off). No instance_group kind: KIND_AUTO
+    puts the model on a GPU in the NGC image and on the CPU in the embedded server."""
+    lines = [
+        f'name: "{name}"',
+        f'backend: "{backend}"',
+        f"max_batch_size: {max_batch_size}",
+        "input [",
+        ",\n".join(f"  {t.pbtxt()}" for t in inputs),
+        "]",
+        "output [",
+        ",\n".join(f"  {t.pbtxt()}" for t in outputs),
+        "]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}",
+    ]
+    for key, value in (parameters or {}).items():
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def model_folder(repository: Path, name: str, version: int = 1) -> Path:
+    """`<repository>/<name>/<version>/`, created empty of any previous artifact."""
+    folder = repository / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    batch: int
+    seconds_per_batch: float
+
+    @property
+    def per_item_us(self) -> float:
+        return self.seconds_per_batch / self.batch * 1e6
+
+    @property
+    def throughput(self) -> float:
+        return self.batch / self.seconds_per_batch
+
+
+def time_batches(run: Callable[[int], object], batches: Sequence[int],
+                 min_seconds: float = 0.3) -> list[BatchTiming]:
+    """In-process time per batch at each size (best of repeated runs, after a warm-up)."""
+    timings = []
+    for batch in batches:
+        run(batch)
+        best, spent, repeats = float("inf"), 0.0, 0
+        while spent < min_seconds or repeats < 3:
+            start = time.perf_counter()
+            run(batch)
+            elapsed = time.perf_counter() - start
+            best, spent, repeats = min(best, elapsed), spent + elapsed, repeats + 1
+        timings.append(BatchTiming(batch, best))
+    return timings
+
+
+def choose_max_batch_size(timings: Sequence[BatchTiming], fraction: float = 0.9) -> int:
+    """The smallest measured batch reaching `fraction` of the best throughput, doubled for
+    headroom (the dynamic batcher merges requests up to it), within what was measured.
+    Larger batches only add latency once throughput has levelled off."""
+    best = max(t.throughput for t in timings)
+    enough = min(t.batch for t in timings if t.throughput >= fraction * best)
+    return min(2 * enough, max(t.batch for t in timings))
+
+
+def timing_table(timings: Sequence[BatchTiming]) -> str:
+    rows = [f"| {t.batch} | {t.seconds_per_batch * 1e3:.3f} | {t.per_item_us:.1f} | "
+            f"{t.throughput:,.0f} |" for t in timings]
+    return "\n".join(["| batch | ms / batch | µs / item | items / s |",
+                      "| ---: | ---: | ---: | ---: |", *rows])
+
+
+def write_json(path: Path, record: dict) -> None:
+    def default(value: object) -> object:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+    path.write_text(json.dumps(record, indent=2, default=default) + "\n")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        if isinstance(value, float | np.floating):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
