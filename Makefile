@@ -7,12 +7,16 @@ REPO   ?= model_repository
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv serve test lint repo-check bench clean
+# `make models QUICK=1`: a smoke run into build/models-quick/, leaving model_repository/ alone
+QUICK ?=
+
+.PHONY: help venv serve test lint repo-check bench models clean
 
 help:
 	@echo "make serve   start a real Triton server on this machine with $(REPO)/"
 	@echo "make test    lint, check the model repository and run the test suite"
 	@echo "make bench   served vs in-process throughput per CPU backend (perf/)"
+	@echo "make models  regenerate data, train and export the models (QUICK=1: smoke run)"
 	@echo "make clean   remove the virtual environment and caches"
 
 # One virtual environment; a stamp per extra records what it holds. Stamps are newer than
@@ -38,6 +42,9 @@ repo-check: $(VENV)/.stamp-server
 
 test: $(VENV)/.stamp-server,train,dev lint repo-check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+models: $(VENV)/.stamp-server,train,dev
+	$(VENV)/bin/offload train $(if $(QUICK),--quick)
 
 bench: $(VENV)/.stamp-server,train,dev
 	$(PY) perf/bench_backends.py

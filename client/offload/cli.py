@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
               "start a real Triton server on this machine with a model repository"),
     "repo": ("offload_server.repo_check", "server",
              "check a model repository against its artifacts (`offload repo check`)"),
+    "train": ("offload_training.cli", "train",
+              "regenerate data, train and export the physics models (`make models`)"),
 }
 
 
