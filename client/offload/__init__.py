@@ -1,25 +1,79 @@
 """offload: send batched inference from grid and trigger jobs to Triton servers.
 
-The base install is the thin client; it imports grpcio, protobuf and numpy only.
+    import offload
+    client = offload.Client("triton.example.org:8001")
+    outputs = client.model("jet_tagger").infer(points=p, features=f, mask=m)
+
+The base install is the thin client (grpcio, protobuf, numpy and Triton's protobuf stubs).
+`import offload` itself imports none of them but numpy-free error classes; the client's
+modules load on first use of `Client`, `AsyncClient` or `Batcher`.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from offload.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    MessageTooLargeError,
+    ModelNotFoundError,
     ModelRepositoryError,
     OffloadError,
     PortInUseError,
     ServerError,
+    ServerInferenceError,
+    ServerOverloadedError,
     ServerStartError,
+    ServerUnavailableError,
     TritonNotInstalledError,
 )
 
+if TYPE_CHECKING:
+    from offload.aio import AsyncClient, AsyncModel
+    from offload.batching import Batcher
+    from offload.client import Client, Model
+    from offload.endpoints import TLS, Backoff
+
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Client": "offload.client", "Model": "offload.client",
+    "AsyncClient": "offload.aio", "AsyncModel": "offload.aio",
+    "Batcher": "offload.batching",
+    "TLS": "offload.endpoints", "Backoff": "offload.endpoints",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'offload' has no attribute {name!r}")
+
+
 __all__ = [
+    "TLS",
+    "AsyncClient",
+    "AsyncModel",
+    "Backoff",
+    "Batcher",
+    "Client",
+    "DeadlineExceededError",
+    "InferenceError",
+    "InvalidInputError",
+    "MessageTooLargeError",
+    "Model",
+    "ModelNotFoundError",
     "ModelRepositoryError",
     "OffloadError",
     "PortInUseError",
     "ServerError",
+    "ServerInferenceError",
+    "ServerOverloadedError",
     "ServerStartError",
+    "ServerUnavailableError",
     "TritonNotInstalledError",
     "__version__",
 ]

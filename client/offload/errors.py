@@ -37,3 +37,41 @@ class ModelRepositoryError(OffloadError):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or [message]
+
+
+# ----------------------------------------------------------------- inference
+class InferenceError(OffloadError):
+    """An inference did not return a result. `model` names the model where known."""
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+
+
+class InvalidInputError(InferenceError, ValueError):
+    """Input refused before anything was sent: names, dtypes, shapes, batch, values."""
+
+
+class ModelNotFoundError(InferenceError, LookupError):
+    """The server has no such model, or not that version, or it is not ready."""
+
+
+class ServerUnavailableError(InferenceError, ConnectionError):
+    """No server could be reached (after retries and failover, within the deadline)."""
+
+
+class DeadlineExceededError(InferenceError, TimeoutError):
+    """The call's overall deadline passed before a result came."""
+
+
+class ServerOverloadedError(InferenceError):
+    """The server refused the request because its queue is full (retried with backoff
+    until the deadline; raised if it stays full)."""
+
+
+class MessageTooLargeError(InvalidInputError):
+    """A request or response would exceed gRPC's 2 GB message limit."""
+
+
+class ServerInferenceError(InferenceError):
+    """The server accepted the request but the model failed on it (not retried)."""

@@ -1,0 +1,473 @@
+"""`offload.Client`: batched inference on one or more Triton servers, over gRPC.
+
+    import offload
+
+    with offload.Client(["gpu1.example.org:8001", "gpu2.example.org:8001"]) as client:
+        tagger = client.model("jet_tagger")
+        scores = tagger.infer(points=p, features=f, mask=m)["top_probability"]
+        future = tagger.submit(points=p, features=f, mask=m)   # concurrent.futures.Future
+
+One gRPC channel per server. Each request goes to the server with the least expected wait
+(outstanding requests × observed latency); a request that meets an unavailable or
+overloaded server is retried with exponential backoff and jitter on another server, within
+the call's overall deadline; a server failing repeatedly is skipped for a while (circuit
+breaker). Inputs are checked against the model's metadata before anything is sent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from offload import tensors
+from offload.endpoints import TLS, Backoff, Endpoint, EndpointPool, parse_servers
+from offload.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    ModelNotFoundError,
+    OffloadError,
+    ServerUnavailableError,
+)
+from offload.stats import ClientStats, ServerStats, StatsRecorder, server_stats
+from offload.tensors import ModelInfo, TensorInfo
+
+log = logging.getLogger("offload")
+
+COMPRESSION = {None: grpc.Compression.NoCompression, "none": grpc.Compression.NoCompression,
+               "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+
+
+class Client:
+    """A connection to one or more Triton servers that serve the same model repository.
+
+    Args:
+        servers: "host:port", a list of them, or a comma-separated string; default: the
+            OFFLOAD_SERVERS environment variable.
+        timeout: overall deadline of one call in seconds, retries included.
+        retries: how many times a request is sent again after UNAVAILABLE or a full queue.
+        token: bearer token sent as `authorization: Bearer …` (for an auth proxy).
+        headers: further gRPC metadata sent with every call.
+        tls: a :class:`TLS` to use TLS (root certificates, optional client certificate).
+        compression: "gzip" or "deflate" for requests (None: off).
+        keepalive: seconds between HTTP/2 keepalive pings on a call in flight (None: off).
+        fallback: "local" to start an embedded server on this machine (needs the `server`
+            extra) when no server is reachable; it serves `repository`.
+        check_finite: refuse NaN/Inf in floating-point inputs before sending.
+    """
+
+    def __init__(self, servers: str | Sequence[str] | None = None, *, timeout: float = 60.0,
+                 retries: int = 4, token: str | None = None,
+                 headers: Mapping[str, str] | None = None, tls: TLS | None = None,
+                 compression: str | None = None, keepalive: float | None = None,
+                 fallback: str | None = None, repository: str = "model_repository",
+                 check_finite: bool = True, backoff: Backoff | None = None) -> None:
+        addresses = parse_servers(servers)
+        if not addresses and fallback != "local":
+            raise ServerUnavailableError(
+                "no server given: pass Client('host:8001'), a list, or set OFFLOAD_SERVERS "
+                "(or fallback='local' to run one on this machine)")
+        if compression not in COMPRESSION:
+            raise ValueError(f"compression must be one of gzip, deflate or None, "
+                             f"got {compression!r}")
+        if fallback not in (None, "local"):
+            raise ValueError(f"fallback must be None or 'local', got {fallback!r}")
+        self.timeout = timeout
+        self.retries = retries
+        self.check_finite = check_finite
+        self.backoff = backoff or Backoff()
+        self.fallback = fallback
+        self.repository = repository
+        self._tls = tls
+        self._compression = COMPRESSION[compression]
+        self._options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        if keepalive:
+            self._options += [("grpc.keepalive_time_ms", int(keepalive * 1000)),
+                              ("grpc.keepalive_timeout_ms", 20_000)]
+        metadata = dict(headers or {})
+        if token:
+            metadata["authorization"] = f"Bearer {token}"
+        self._metadata = tuple((k.lower(), v) for k, v in metadata.items())
+        self._pool = EndpointPool([self._endpoint(a) for a in addresses])
+        self._models: dict[tuple[str, str], Model] = {}
+        self._lock = threading.Lock()
+        self._local_server: Any = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ public
+    def model(self, name: str, version: str | int | None = None) -> Model:
+        """A handle to a model; its metadata and config are fetched once and cached."""
+        key = (name, "" if version is None else str(version))
+        with self._lock:
+            if key in self._models:
+                return self._models[key]
+        info = self._fetch_info(name, key[1])
+        with self._lock:
+            return self._models.setdefault(key, Model(self, info, key[1]))
+
+    def models(self) -> list[dict[str, str]]:
+        """The repository index of a server: name, version, state, reason per model."""
+        response = self._call("RepositoryIndex", _pb().RepositoryIndexRequest(), model=None)
+        return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
+                for m in response.models]
+
+    def ready(self) -> bool:
+        """Whether at least one server answers that it is ready."""
+        for endpoint in self._pool.endpoints:
+            try:
+                response = endpoint.method("ServerReady")(_pb().ServerReadyRequest(), timeout=5,
+                                                          metadata=self._metadata)
+            except grpc.RpcError:
+                continue
+            if response.ready:
+                return True
+        return False
+
+    @property
+    def servers(self) -> list[str]:
+        return [e.address for e in self._pool.endpoints]
+
+    def close(self) -> None:
+        """Close the channels (and stop a fallback server this client started)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.close()
+        if self._local_server is not None:
+            self._local_server.stop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- internals
+    def _endpoint(self, address: str) -> Endpoint:
+        return Endpoint(address, tls=self._tls, options=self._options)
+
+    def _fetch_info(self, name: str, version: str) -> ModelInfo:
+        pb = _pb()
+        try:
+            metadata = self._call("ModelMetadata",
+                                  pb.ModelMetadataRequest(name=name, version=version), model=name)
+            config = self._call("ModelConfig", pb.ModelConfigRequest(name=name, version=version),
+                                model=name)
+        except ModelNotFoundError as error:
+            raise ModelNotFoundError(f"{error}; the server has: {self._known_models()}",
+                                     model=name) from None
+        return tensors.model_info(metadata, config)
+
+    def _known_models(self) -> str:
+        try:
+            names = sorted({m["name"] for m in self.models() if m["state"] == "READY"})
+        except OffloadError:
+            return "(could not list)"
+        return ", ".join(names) or "no ready model"
+
+    def _call(self, method: str, request: Any, *, model: str | None,
+              timeout: float | None = None, rows: int = 0,
+              stats: StatsRecorder | None = None) -> Any:
+        """A unary call on this thread, with retries and failover."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        return _Attempts(self, method, request, model, rows, stats, deadline, None,
+                         self._compression).blocking()
+
+    def _start(self, method: str, request: Any, *, model: str | None, rows: int,
+               stats: StatsRecorder | None, deadline: float,
+               compression: grpc.Compression | None = None) -> concurrent.futures.Future:
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        _Attempts(self, method, request, model, rows, stats, deadline, result,
+                  compression if compression is not None else self._compression).next()
+        return result
+
+    def _start_fallback(self, model: str | None) -> bool:
+        """Start the embedded server once; True if it runs (a new endpoint)."""
+        if self.fallback != "local":
+            return False
+        with self._lock:
+            if self._local_server is not None:
+                return True
+            try:
+                from offload_server import LocalServer
+            except ImportError:
+                log.error("fallback='local' needs the server side: pip install 'offload[server]'")
+                return False
+            log.warning("no server reachable: starting a local one with %s", self.repository)
+            models = sorted({m for (m, _) in self._models} | ({model} if model else set()))
+            try:
+                self._local_server = LocalServer(self.repository, models=models or None).start()
+            except OffloadError as error:
+                log.error("local fallback server failed to start: %s", error)
+                return False
+            self._pool.add(self._endpoint(self._local_server.grpc_url))
+            return True
+
+
+class _Attempts:
+    """One request through retries and failover. `blocking()` runs it on the calling
+    thread (the fast path of a synchronous call); `next()` runs it from gRPC callbacks and
+    completes `result` exactly once."""
+
+    def __init__(self, client: Client, method: str, request: Any, model: str | None,
+                 rows: int, stats: StatsRecorder | None, deadline: float,
+                 result: concurrent.futures.Future | None, compression: grpc.Compression
+                 ) -> None:
+        self.client, self.method, self.request, self.model = client, method, request, model
+        self.rows, self.stats, self.deadline, self.result = rows, stats, deadline, result
+        self.compression = compression
+        self.attempt = 0
+        self.failed_on: set[str] = set()
+        self.last_error: grpc.RpcError | None = None
+        self.last_server = ""
+
+    # ------------------------------------------------------------ the two drivers
+    def blocking(self) -> Any:
+        while True:
+            endpoint, remaining = self._begin()
+            started = time.monotonic()
+            try:
+                response = endpoint.method(self.method)(
+                    self.request, timeout=remaining, metadata=self.client._metadata,
+                    compression=self.compression)
+            except grpc.RpcError as error:
+                time.sleep(self._failed(endpoint, error))
+                continue
+            self._succeeded(endpoint, started, response)
+            return response
+
+    def next(self) -> None:
+        assert self.result is not None
+        try:
+            endpoint, remaining = self._begin()
+            started = time.monotonic()
+            call = endpoint.method(self.method).future(
+                self.request, timeout=remaining, metadata=self.client._metadata,
+                compression=self.compression)
+        except InferenceError as error:
+            self.result.set_exception(error)
+            return
+        call.add_done_callback(lambda done: self._done(endpoint, started, done))
+
+    def _done(self, endpoint: Endpoint, started: float, call: grpc.Future) -> None:
+        assert self.result is not None
+        error = call.exception()
+        if error is None:
+            response = call.result()
+            self._succeeded(endpoint, started, response)
+            self.result.set_result(response)
+            return
+        try:
+            delay = self._failed(endpoint, error)
+        except InferenceError as final:
+            self.result.set_exception(final)
+            return
+        timer = threading.Timer(delay, self.next)
+        timer.daemon = True
+        timer.start()
+
+    # ------------------------------------------------------------ shared decisions
+    def _begin(self) -> tuple[Endpoint, float]:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._final(DeadlineExceededError(
+                f"{self._what()}: no result within the deadline after {self.attempt} "
+                f"attempt(s)" + (f"; last: {self._last()}" if self.last_error else ""),
+                model=self.model))
+        endpoint = self.client._pool.choose(self.failed_on)
+        self.last_server = endpoint.address
+        endpoint.began()
+        return endpoint, remaining
+
+    def _succeeded(self, endpoint: Endpoint, started: float, response: Any) -> None:
+        seconds = time.monotonic() - started
+        endpoint.ended(seconds, failed=False)
+        if self.stats is not None:
+            self.stats.request(seconds, self.rows, self.request.ByteSize(), response.ByteSize())
+
+    def _failed(self, endpoint: Endpoint, error: BaseException) -> float:
+        """The delay before the next attempt, or raise the error the caller gets."""
+        from offload import protocol
+
+        code = _status(error)
+        unavailable = code == grpc.StatusCode.UNAVAILABLE
+        endpoint.ended(None, failed=unavailable)
+        self.last_error = error if isinstance(error, grpc.RpcError) else None
+        if unavailable:
+            self.failed_on.add(endpoint.address)
+            everywhere = self.failed_on >= {e.address for e in self.client._pool.endpoints}
+            if everywhere and self.client._start_fallback(self.model):
+                self.failed_on.clear()
+                self.attempt += 1
+                return 0.0
+        if code in protocol.RETRYABLE and self.attempt < self.client.retries:
+            self.attempt += 1
+            if self.stats is not None:
+                self.stats.retry()
+            delay = min(self.client.backoff.delay(self.attempt - 1),
+                        max(0.0, self.deadline - time.monotonic()))
+            log.info("%s: %s from %s, retry %d in %.3f s", self._what(),
+                     code.name if code else "error", endpoint.address, self.attempt, delay)
+            return delay
+        if isinstance(error, grpc.RpcError):
+            raise self._final(protocol.translate(error, model=self.model,
+                                                 server=endpoint.address))
+        raise self._final(ServerUnavailableError(f"{endpoint.address}: {error}",
+                                                 model=self.model))
+
+    def _final(self, error: InferenceError) -> InferenceError:
+        if self.stats is not None:
+            self.stats.failure()
+        return error
+
+    def _what(self) -> str:
+        return f"model '{self.model}'" if self.model else self.method
+
+    def _last(self) -> str:
+        error = self.last_error
+        code = _status(error)
+        details = error.details() if hasattr(error, "details") else str(error)
+        return f"{code.name if code else 'error'} from {self.last_server}: {details}"
+
+
+def _status(error: BaseException | None) -> grpc.StatusCode | None:
+    """The status code of a failed call, sync (grpc.Call) or asyncio (AioRpcError)."""
+    code = getattr(error, "code", None)
+    return code() if callable(code) else None
+
+
+class Model:
+    """A model on the client's servers. Thread-safe; obtain with :meth:`Client.model`."""
+
+    def __init__(self, client: Client, info: ModelInfo, version: str) -> None:
+        self._client = client
+        self.info = info
+        self.version = version
+        self._stats = StatsRecorder()
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self.info.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self.info.outputs
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.info.max_batch_size
+
+    def __repr__(self) -> str:
+        shown = ", ".join(t.describe() for t in self.inputs)
+        return f"<offload.Model {self.name} ({shown}) max_batch_size={self.max_batch_size}>"
+
+    def infer(self, inputs: Mapping[str, Any] | None = None, /, *,
+              timeout: float | None = None, version: str | int | None = None,
+              **named: Any) -> dict[str, np.ndarray]:
+        """Run the model on a batch; returns {output name: array}. Batches larger than
+        max_batch_size are split, sent pipelined and reassembled in order. Numeric outputs
+        are read-only views of the response (`.copy()` to modify)."""
+        target = self._for_version(version)
+        prepared = self._prepare(target, {**(inputs or {}), **named})
+        if prepared.batch is not None and prepared.batch > target.info.max_batch_size > 0:
+            return self._submit_prepared(target, prepared, timeout).result()
+        request = tensors.build_request(_pb(), target.info, prepared, target.version)
+        # One request: run it on this thread, without a future's hand-offs.
+        response = self._client._call("ModelInfer", request, model=self.name, timeout=timeout,
+                                      rows=prepared.batch or 1, stats=self._stats)
+        return tensors.decode_response(target.info, response)
+
+    def submit(self, inputs: Mapping[str, Any] | None = None, /, *,
+               timeout: float | None = None, version: str | int | None = None,
+               **named: Any) -> concurrent.futures.Future:
+        """Like :meth:`infer`, returning a concurrent.futures.Future at once. Input errors
+        raise here, before anything is sent."""
+        target = self._for_version(version)
+        return self._submit_prepared(target, self._prepare(target, {**(inputs or {}), **named}),
+                                     timeout)
+
+    def _submit_prepared(self, target: Model, prepared: tensors.Prepared,
+                         timeout: float | None) -> concurrent.futures.Future:
+        pieces = tensors.split(prepared, target.info.max_batch_size)
+        requests = [tensors.build_request(_pb(), target.info, p, target.version) for p in pieces]
+        deadline = time.monotonic() + (timeout or self._client.timeout)
+        futures = [self._client._start("ModelInfer", request, model=self.name,
+                                       rows=piece.batch or 1, stats=self._stats,
+                                       deadline=deadline)
+                   for request, piece in zip(requests, pieces, strict=True)]
+        return _gather(futures, lambda responses: tensors.concatenate(
+            [tensors.decode_response(target.info, r) for r in responses]))
+
+    def infer_ragged(self, entries: Sequence[Mapping[str, Any]], *,
+                     timeout: float | None = None) -> list[dict[str, np.ndarray]]:
+        """One request per entry (entries may differ in shape, e.g. jets with different
+        numbers of constituents), all in flight at once; results in the entries' order."""
+        futures = [self.submit(entry, timeout=timeout) for entry in entries]
+        return [future.result() for future in futures]
+
+    def stats(self) -> ClientStats:
+        """This client's counters and latency percentiles for the model."""
+        return self._stats.snapshot()
+
+    def server_stats(self) -> list[ServerStats]:
+        """Triton's statistics for the model (from the server the request lands on)."""
+        request = _pb().ModelStatisticsRequest(name=self.name, version=self.version)
+        return server_stats(self._client._call("ModelStatistics", request, model=self.name))
+
+    def _prepare(self, target: Model, arrays: dict[str, Any]) -> tensors.Prepared:
+        self._stats.call()
+        try:
+            return tensors.prepare(target.info, arrays, check_finite=self._client.check_finite)
+        except InferenceError:
+            self._stats.failure()
+            raise
+
+    def _for_version(self, version: str | int | None) -> Model:
+        if version is None or str(version) == self.version:
+            return self
+        return self._client.model(self.name, version)
+
+
+def _gather(futures: list[concurrent.futures.Future], combine) -> concurrent.futures.Future:
+    """One future for several: the combined results in order, or the first error in order
+    (once all have finished, so that nothing is left running unobserved)."""
+    if len(futures) == 1 and combine is None:
+        return futures[0]
+    outer: concurrent.futures.Future = concurrent.futures.Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def finished(_: concurrent.futures.Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        for future in futures:
+            if future.exception() is not None:
+                outer.set_exception(future.exception())
+                return
+        try:
+            outer.set_result(combine([f.result() for f in futures]))
+        except Exception as error:  # a malformed response: surface it, never drop it
+            outer.set_exception(error)
+
+    for future in futures:
+        future.add_done_callback(finished)
+    return outer
+
+
+def _pb():
+    from offload import protocol
+
+    return protocol.service_pb2

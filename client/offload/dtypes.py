@@ -1,0 +1,102 @@
+"""Triton data types and numpy: names, byte encodings, and the two without a numpy twin.
+
+- BYTES: numpy object or bytes/str arrays, encoded as Triton does (each element a 4-byte
+  little-endian length then its bytes); decoded as a numpy object array of `bytes`.
+- BF16: sent from float32 arrays (rounded to nearest even), returned as float32.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+TRITON_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+    "BF16": np.dtype(np.float32),  # carried as float32 on the numpy side
+}
+#: Model-config spelling (TYPE_FP32) → protocol spelling (FP32).
+CONFIG_TO_TRITON = {f"TYPE_{name}": name for name in TRITON_TO_NUMPY} | {"TYPE_STRING": "BYTES"}
+
+
+def describe(triton_type: str) -> str:
+    """'FP32 (float32)', for error messages."""
+    numpy_name = {"BYTES": "object/bytes", "BF16": "float32, sent as bfloat16"}.get(
+        triton_type, TRITON_TO_NUMPY[triton_type].name if triton_type in TRITON_TO_NUMPY else "?")
+    return f"{triton_type} ({numpy_name})"
+
+
+def accepts(triton_type: str, array: np.ndarray) -> bool:
+    """Whether `array`'s dtype is the one this Triton type takes (byte order aside)."""
+    if triton_type == "BYTES":
+        return array.dtype == np.object_ or array.dtype.kind in ("S", "U")
+    expected = TRITON_TO_NUMPY[triton_type]
+    return array.dtype.newbyteorder("=") == expected
+
+
+def encode(triton_type: str, array: np.ndarray) -> bytes:
+    """The raw little-endian bytes Triton expects for `array` (C order)."""
+    if triton_type == "BYTES":
+        return serialize_bytes(array)
+    if triton_type == "BF16":
+        return float32_to_bf16_bytes(array)
+    if array.dtype.byteorder == ">":  # e.g. straight from a ROOT file: one conversion
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
+
+
+def decode(triton_type: str, raw: bytes, shape: list[int]) -> np.ndarray:
+    """An output tensor from its raw bytes. Numeric outputs are read-only views of the
+    response buffer (no copy); call .copy() to modify one."""
+    if triton_type == "BYTES":
+        return deserialize_bytes(raw).reshape(shape)
+    if triton_type == "BF16":
+        return bf16_bytes_to_float32(raw).reshape(shape)
+    return np.frombuffer(raw, dtype=TRITON_TO_NUMPY[triton_type]).reshape(shape)
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for item in np.asarray(array).reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(raw: bytes) -> np.ndarray:
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ValueError("malformed BYTES tensor: truncated length prefix")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise ValueError(f"malformed BYTES tensor: element of {length} bytes overruns")
+        items.append(raw[offset:offset + length])
+        offset += length
+    result = np.empty(len(items), dtype=np.object_)
+    result[:] = items
+    return result
+
+
+def float32_to_bf16_bytes(array: np.ndarray) -> bytes:
+    bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+    return rounded.astype("<u2").tobytes()
+
+
+def bf16_bytes_to_float32(raw: bytes) -> np.ndarray:
+    return (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")

@@ -1,0 +1,77 @@
+"""The KServe v2 / Triton gRPC protocol: message classes, method paths, error mapping.
+
+The generated protobuf classes come from tritonclient's stubs (imported here, on first
+use of a client, not by `import offload`). Calls go through generic unary-unary methods on
+a channel, so no generated service stub is needed.
+"""
+
+from __future__ import annotations
+
+import grpc
+from tritonclient.grpc import model_config_pb2, service_pb2  # noqa: F401  (re-exported)
+
+from offload.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    MessageTooLargeError,
+    ModelNotFoundError,
+    ServerInferenceError,
+    ServerOverloadedError,
+    ServerUnavailableError,
+)
+
+SERVICE = "/inference.GRPCInferenceService/"
+
+#: method -> (request class, response class)
+METHODS = {
+    "ServerLive": (service_pb2.ServerLiveRequest, service_pb2.ServerLiveResponse),
+    "ServerReady": (service_pb2.ServerReadyRequest, service_pb2.ServerReadyResponse),
+    "ModelReady": (service_pb2.ModelReadyRequest, service_pb2.ModelReadyResponse),
+    "ModelMetadata": (service_pb2.ModelMetadataRequest, service_pb2.ModelMetadataResponse),
+    "ModelConfig": (service_pb2.ModelConfigRequest, service_pb2.ModelConfigResponse),
+    "ModelInfer": (service_pb2.ModelInferRequest, service_pb2.ModelInferResponse),
+    "ModelStatistics": (service_pb2.ModelStatisticsRequest, service_pb2.ModelStatisticsResponse),
+    "RepositoryIndex": (service_pb2.RepositoryIndexRequest, service_pb2.RepositoryIndexResponse),
+}
+
+#: gRPC's own limit on one message (a signed 32-bit length).
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+#: Status codes after which the same request may be sent again (to this or another
+#: server): the server is down or unreachable, or its queue is full. Inference on the
+#: project's stateless models is idempotent, so a retry after UNAVAILABLE is safe even in
+#: the rare case that the first attempt did run (at-least-once execution, exactly-once
+#: result to the caller).
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+def method(channel: grpc.Channel, name: str) -> grpc.UnaryUnaryMultiCallable:
+    request, response = METHODS[name]
+    return channel.unary_unary(SERVICE + name, request_serializer=request.SerializeToString,
+                               response_deserializer=response.FromString)
+
+
+def translate(error: grpc.RpcError, *, model: str | None, server: str) -> InferenceError:
+    """An offload exception for a failed call, saying what the server said."""
+    code = error.code() if hasattr(error, "code") else None
+    details = (error.details() if hasattr(error, "details") else str(error)) or ""
+    where = f"model '{model}' on {server}" if model else server
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ServerUnavailableError(f"{server} is unavailable: {details}", model=model)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(f"{where}: deadline exceeded before a result came",
+                                     model=model)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if "message larger than max" in details.lower() or "received message" in details.lower():
+            return MessageTooLargeError(f"{where}: {details}", model=model)
+        return ServerOverloadedError(f"{where}: server queue full: {details}", model=model)
+    if code == grpc.StatusCode.NOT_FOUND or (
+            code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
+            and ("unknown model" in details or "is not found" in details
+                 or "not ready" in details)):
+        return ModelNotFoundError(f"{where}: {details}", model=model)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInputError(f"{where} refused the request: {details}", model=model)
+    return ServerInferenceError(f"{where} failed ({code.name if code else 'error'}): {details}",
+                                model=model)

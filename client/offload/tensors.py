@@ -1,0 +1,175 @@
+"""What a model takes and gives, checking inputs before anything is sent, and turning
+numpy arrays into requests and responses back into numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from offload import dtypes
+from offload.errors import InvalidInputError, MessageTooLargeError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """An input or output: `shape` includes the batch dimension (-1) when the model batches;
+    -1 marks any variable dimension."""
+
+    name: str
+    datatype: str  # protocol spelling: FP32, INT64, BYTES, ...
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return dtypes.TRITON_TO_NUMPY[self.datatype]
+
+    def describe(self) -> str:
+        return f"'{self.name}' {self.datatype} {list(self.shape)}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str  # "" = the server's choice (its version policy)
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def input(self, name: str) -> TensorInfo:
+        return next(t for t in self.inputs if t.name == name)
+
+
+def model_info(metadata, config) -> ModelInfo:
+    """From ModelMetadataResponse and ModelConfigResponse messages."""
+    def tensors(entries) -> tuple[TensorInfo, ...]:
+        return tuple(TensorInfo(t.name, t.datatype, tuple(int(d) for d in t.shape))
+                     for t in entries)
+
+    return ModelInfo(name=metadata.name, version="", platform=metadata.platform,
+                     max_batch_size=int(config.config.max_batch_size),
+                     inputs=tensors(metadata.inputs), outputs=tensors(metadata.outputs))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Checked inputs, ready to encode. `batch` is None for a model without batching."""
+
+    arrays: dict[str, np.ndarray]
+    batch: int | None
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool = True
+            ) -> Prepared:
+    """Check inputs against the model's metadata; raise InvalidInputError naming the model,
+    the tensor, what was expected and what came. Nothing is sent for refused input."""
+    where = f"model '{info.name}'"
+    expected = {t.name for t in info.inputs}
+    missing = [t for t in info.inputs if t.name not in inputs]
+    extra = sorted(set(inputs) - expected)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(t.describe() for t in missing))
+        if extra:
+            parts.append("unknown " + ", ".join(f"'{n}'" for n in extra))
+        raise InvalidInputError(f"{where}: {'; '.join(parts)}; it takes "
+                                + ", ".join(t.describe() for t in info.inputs), model=info.name)
+    arrays: dict[str, np.ndarray] = {}
+    batches: dict[str, int] = {}
+    for tensor in info.inputs:
+        value = inputs[tensor.name]
+        label = f"{where}, input '{tensor.name}'"
+        if not isinstance(value, np.ndarray):
+            if tensor.datatype == "BYTES":
+                value = np.asarray(value, dtype=np.object_)
+            else:  # lists and scalars take the expected type; arrays must already have it
+                value = np.asarray(value, dtype=tensor.dtype)
+        if not dtypes.accepts(tensor.datatype, value):
+            raise InvalidInputError(
+                f"{label}: expected {dtypes.describe(tensor.datatype)}, got {value.dtype}; "
+                f"convert with .astype(np.{tensor.dtype.name})", model=info.name)
+        if value.ndim != len(tensor.shape) or any(
+                want >= 0 and want != got for want, got in zip(tensor.shape, value.shape,
+                                                               strict=False)):
+            raise InvalidInputError(
+                f"{label}: expected shape {list(tensor.shape)} (-1 = any), got "
+                f"{list(value.shape)}", model=info.name)
+        if info.batched:
+            batches[tensor.name] = value.shape[0]
+        if any(d == 0 for d in value.shape):
+            raise InvalidInputError(f"{label}: empty tensor {list(value.shape)}; send at least "
+                                    "one entry", model=info.name)
+        if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int((~np.isfinite(value)).sum())
+            raise InvalidInputError(
+                f"{label}: {bad} non-finite value(s) (NaN or Inf); models give undefined "
+                "results on them. Clean the input, or pass check_finite=False to send as is",
+                model=info.name)
+        arrays[tensor.name] = value
+    if len(set(batches.values())) > 1:
+        shown = ", ".join(f"'{n}' {b}" for n, b in batches.items())
+        raise InvalidInputError(f"{where}: inputs disagree on the batch size ({shown}); the "
+                                "first dimension must be the same for all", model=info.name)
+    return Prepared(arrays, next(iter(batches.values())) if batches else None)
+
+
+def split(prepared: Prepared, max_batch_size: int) -> list[Prepared]:
+    """Pieces of at most max_batch_size rows (views, no copies), in order."""
+    if prepared.batch is None or max_batch_size <= 0 or prepared.batch <= max_batch_size:
+        return [prepared]
+    return [Prepared({k: v[start:start + max_batch_size] for k, v in prepared.arrays.items()},
+                     min(max_batch_size, prepared.batch - start))
+            for start in range(0, prepared.batch, max_batch_size)]
+
+
+def build_request(service_pb2, info: ModelInfo, prepared: Prepared, version: str,
+                  request_id: str = ""):
+    """A ModelInferRequest carrying the arrays as raw bytes (one copy each, into the
+    protobuf); all outputs are returned."""
+    request = service_pb2.ModelInferRequest(model_name=info.name, model_version=version,
+                                            id=request_id)
+    total = 0
+    for tensor in info.inputs:
+        value = prepared.arrays[tensor.name]
+        entry = request.inputs.add()
+        entry.name = tensor.name
+        entry.datatype = tensor.datatype
+        entry.shape.extend(value.shape)
+        raw = dtypes.encode(tensor.datatype, value)
+        total += len(raw)
+        if total > _MESSAGE_BUDGET:
+            raise MessageTooLargeError(
+                f"model '{info.name}': request of more than {total / 2**30:.2f} GiB exceeds "
+                "gRPC's 2 GiB message limit; send fewer rows per call (the client splits "
+                "batches larger than max_batch_size; for a model without batching, the "
+                "tensor itself is too large)", model=info.name)
+        request.raw_input_contents.append(raw)
+    return request
+
+
+# Room left for the request's own fields beside the raw tensors.
+_MESSAGE_BUDGET = 2**31 - 1 - 64 * 1024
+
+
+def decode_response(info: ModelInfo, response) -> dict[str, np.ndarray]:
+    outputs = {}
+    for index, tensor in enumerate(response.outputs):
+        raw = response.raw_output_contents[index]
+        outputs[tensor.name] = dtypes.decode(tensor.datatype, raw, list(tensor.shape))
+    return outputs
+
+
+def concatenate(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(pieces) == 1:
+        return pieces[0]
+    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
