@@ -152,3 +152,42 @@ def export_torchscript_refuses_negative(repo: Path, name: str = "refuses_negativ
                                                      extra=extra)
                              .replace(f"dims: [{N_OUT}]", f"dims: [{N_FEATURES}]"))
     torch.jit.script(Refuses()).save(str(model_dir / "1" / "model.pt"))
+
+
+# ------------------------------------------------------------ Python-backend models
+_ECHO = '''
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Echoes INPUT0 as OUTPUT0, after sleeping `sleep_s` seconds per execution."""
+
+    def initialize(self, args):
+        import json
+        config = json.loads(args["model_config"])
+        self.sleep = float(config.get("parameters", {}).get("sleep_s", {}).get("string_value", 0))
+
+    def execute(self, requests):
+        if self.sleep:
+            time.sleep(self.sleep)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
+            for r in requests]
+'''
+
+
+def export_echo(repo: Path, name: str, data_type: str, *, max_batch_size: int = 0,
+                dims: tuple[int, ...] = (-1,), sleep_s: float = 0.0, extra: str = "") -> None:
+    """An identity model on Triton's Python backend (`backend: "python"`, 1/model.py)."""
+    dims_text = list(dims)
+    model_dir = write_config(repo, name, f"""
+backend: "python"
+max_batch_size: {max_batch_size}
+input [ {tensor("INPUT0", data_type, dims_text)} ]
+output [ {tensor("OUTPUT0", data_type, dims_text)} ]
+parameters {{ key: "sleep_s" value: {{ string_value: "{sleep_s}" }} }}
+{extra}
+""")
+    (model_dir / "1" / "model.py").write_text(_ECHO)

@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from offload.errors import (
+    AuthenticationError,
     DeadlineExceededError,
     InferenceError,
     InvalidInputError,
@@ -57,6 +58,7 @@ __all__ = [
     "TLS",
     "AsyncClient",
     "AsyncModel",
+    "AuthenticationError",
     "Backoff",
     "Batcher",
     "Client",

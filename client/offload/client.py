@@ -297,6 +297,11 @@ class _Attempts:
         from offload import protocol
 
         code = _status(error)
+        details = error.details() if hasattr(error, "details") else str(error)
+        if protocol.refused_credentials(code, details or ""):
+            endpoint.ended(None, failed=False)
+            raise self._final(protocol.translate(error, model=self.model,  # type: ignore[arg-type]
+                                                 server=endpoint.address))
         unavailable = code == grpc.StatusCode.UNAVAILABLE
         endpoint.ended(None, failed=unavailable)
         self.last_error = error if isinstance(error, grpc.RpcError) else None

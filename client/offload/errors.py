@@ -75,3 +75,8 @@ class MessageTooLargeError(InvalidInputError):
 
 class ServerInferenceError(InferenceError):
     """The server accepted the request but the model failed on it (not retried)."""
+
+
+class AuthenticationError(InferenceError, PermissionError):
+    """The server (or a proxy in front of it) refused the credentials: a missing or wrong
+    token or header. Not retried."""

@@ -11,6 +11,7 @@ import grpc
 from tritonclient.grpc import model_config_pb2, service_pb2  # noqa: F401  (re-exported)
 
 from offload.errors import (
+    AuthenticationError,
     DeadlineExceededError,
     InferenceError,
     InvalidInputError,
@@ -46,6 +47,13 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
+def refused_credentials(code: grpc.StatusCode | None, details: str) -> bool:
+    """Triton answers a missing restricted-protocol header with UNAVAILABLE; proxies with
+    UNAUTHENTICATED or PERMISSION_DENIED. None of them is worth a retry."""
+    return code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
+        code == grpc.StatusCode.UNAVAILABLE and "protocol is restricted" in details)
+
+
 def method(channel: grpc.Channel, name: str) -> grpc.UnaryUnaryMultiCallable:
     request, response = METHODS[name]
     return channel.unary_unary(SERVICE + name, request_serializer=request.SerializeToString,
@@ -57,6 +65,9 @@ def translate(error: grpc.RpcError, *, model: str | None, server: str) -> Infere
     code = error.code() if hasattr(error, "code") else None
     details = (error.details() if hasattr(error, "details") else str(error)) or ""
     where = f"model '{model}' on {server}" if model else server
+    if refused_credentials(code, details):
+        return AuthenticationError(f"{where} refused the credentials: {details} (pass the "
+                                   "token or headers it expects to offload.Client)", model=model)
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailableError(f"{server} is unavailable: {details}", model=model)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -136,25 +136,30 @@ def build_request(service_pb2, info: ModelInfo, prepared: Prepared, version: str
                   request_id: str = ""):
     """A ModelInferRequest carrying the arrays as raw bytes (one copy each, into the
     protobuf); all outputs are returned."""
+    # Checked before any copy: numeric tensors' sizes are known from their arrays.
+    total = sum(_encoded_size(t.datatype, prepared.arrays[t.name]) for t in info.inputs)
+    if total > _MESSAGE_BUDGET:
+        raise MessageTooLargeError(
+            f"model '{info.name}': a request of {total / 2**30:.2f} GiB exceeds gRPC's 2 GiB "
+            "message limit; send fewer rows per call (batches larger than max_batch_size are "
+            "split, but here one piece is still too large)", model=info.name)
     request = service_pb2.ModelInferRequest(model_name=info.name, model_version=version,
                                             id=request_id)
-    total = 0
     for tensor in info.inputs:
         value = prepared.arrays[tensor.name]
         entry = request.inputs.add()
         entry.name = tensor.name
         entry.datatype = tensor.datatype
         entry.shape.extend(value.shape)
-        raw = dtypes.encode(tensor.datatype, value)
-        total += len(raw)
-        if total > _MESSAGE_BUDGET:
-            raise MessageTooLargeError(
-                f"model '{info.name}': request of more than {total / 2**30:.2f} GiB exceeds "
-                "gRPC's 2 GiB message limit; send fewer rows per call (the client splits "
-                "batches larger than max_batch_size; for a model without batching, the "
-                "tensor itself is too large)", model=info.name)
-        request.raw_input_contents.append(raw)
+        request.raw_input_contents.append(dtypes.encode(tensor.datatype, value))
     return request
+
+
+def _encoded_size(datatype: str, value: np.ndarray) -> int:
+    if datatype == "BYTES":
+        return sum(4 + len(item if isinstance(item, bytes) else str(item).encode())
+                   for item in value.reshape(-1))
+    return value.size * (2 if datatype == "BF16" else value.dtype.itemsize)
 
 
 # Room left for the request's own fields beside the raw tensors.
