@@ -134,7 +134,7 @@ class AsyncModel(Model):
             client._acall("ModelInfer", r, model=self.name, timeout=timeout,
                           rows=p.batch or 1, stats=self._stats)
             for r, p in zip(requests, pieces, strict=True)))
-        return tensors.concatenate([tensors.decode_response(target.info, r) for r in responses])
+        return tensors.concatenate([tensors.decode_response(_pb(), r) for r in responses])
 
     async def infer_ragged(self, entries: Sequence[Mapping[str, Any]], *,  # type: ignore[override]
                            timeout: float | None = None) -> list[dict[str, np.ndarray]]:

@@ -14,8 +14,12 @@ from collections.abc import Sequence
 
 from offload.errors import OffloadError
 
-# name -> (module providing add_arguments(parser) and run(args) -> int, extra needed, help)
+# name -> (module providing add_arguments(parser) and run(args) -> int, extra needed, help);
+# "module:suffix" names add_arguments_suffix / run_suffix instead.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "models": ("offload.cli_client:models", "", "list the models of a server"),
+    "infer": ("offload.cli_client:infer", "", "run a model on the arrays of a .npz file"),
+    "stats": ("offload.cli_client:stats", "", "a model's server-side statistics"),
     "serve": ("offload_server.serve_cli", "server",
               "start a real Triton server on this machine with a model repository"),
     "repo": ("offload_server.repo_check", "server",
@@ -38,12 +42,18 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         # Only the chosen subcommand's module is imported, to fill in its arguments.
         if name == wanted:
             try:
-                module = importlib.import_module(module_name)
+                module, suffix = _module(module_name)
             except ModuleNotFoundError as error:
                 sub.set_defaults(_missing=str(error))
             else:
-                module.add_arguments(sub)
+                getattr(module, f"add{suffix}_arguments" if suffix else "add_arguments")(sub)
     return parser
+
+
+def _module(spec: str):
+    """(module, "_suffix" or "") for "package.module[:suffix]"."""
+    name, _, suffix = spec.partition(":")
+    return importlib.import_module(name), f"_{suffix}" if suffix else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"offload {args.command}: {args._missing}; it needs the '{args._extra}' extra: "
               f"pip install 'offload[{args._extra}]'", file=sys.stderr)
         return 2
-    module = importlib.import_module(args._module)
+    module, suffix = _module(args._module)
     try:
-        return int(module.run(args) or 0)
+        return int(getattr(module, f"run_{suffix[1:]}" if suffix else "run")(args) or 0)
     except OffloadError as error:
         print(f"offload {args.command}: error: {error}", file=sys.stderr)
         return 1

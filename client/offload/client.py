@@ -290,7 +290,7 @@ class _Attempts:
         seconds = time.monotonic() - started
         endpoint.ended(seconds, failed=False)
         if self.stats is not None:
-            self.stats.request(seconds, self.rows, self.request.ByteSize(), response.ByteSize())
+            self.stats.request(seconds, self.rows, _size(self.request), _size(response))
 
     def _failed(self, endpoint: Endpoint, error: BaseException) -> float:
         """The delay before the next attempt, or raise the error the caller gets."""
@@ -309,8 +309,8 @@ class _Attempts:
             self.failed_on.add(endpoint.address)
             everywhere = self.failed_on >= {e.address for e in self.client._pool.endpoints}
             if everywhere and self.client._start_fallback(self.model):
-                self.failed_on.clear()
-                self.attempt += 1
+                # The new local endpoint is the only one not in failed_on: try it at once,
+                # without counting this against the retries.
                 return 0.0
         if code in protocol.RETRYABLE and self.attempt < self.client.retries:
             self.attempt += 1
@@ -340,6 +340,11 @@ class _Attempts:
         code = _status(error)
         details = error.details() if hasattr(error, "details") else str(error)
         return f"{code.name if code else 'error'} from {self.last_server}: {details}"
+
+
+def _size(message: Any) -> int:
+    # Inference travels as bytes; ByteSize() of a message would serialise it again.
+    return len(message) if isinstance(message, bytes) else message.ByteSize()
 
 
 def _status(error: BaseException | None) -> grpc.StatusCode | None:
@@ -391,7 +396,7 @@ class Model:
         # One request: run it on this thread, without a future's hand-offs.
         response = self._client._call("ModelInfer", request, model=self.name, timeout=timeout,
                                       rows=prepared.batch or 1, stats=self._stats)
-        return tensors.decode_response(target.info, response)
+        return tensors.decode_response(_pb(), response)
 
     def submit(self, inputs: Mapping[str, Any] | None = None, /, *,
                timeout: float | None = None, version: str | int | None = None,
@@ -412,7 +417,7 @@ class Model:
                                        deadline=deadline)
                    for request, piece in zip(requests, pieces, strict=True)]
         return _gather(futures, lambda responses: tensors.concatenate(
-            [tensors.decode_response(target.info, r) for r in responses]))
+            [tensors.decode_response(_pb(), r) for r in responses]))
 
     def infer_ragged(self, entries: Sequence[Mapping[str, Any]], *,
                      timeout: float | None = None) -> list[dict[str, np.ndarray]]:

@@ -46,18 +46,19 @@ def accepts(triton_type: str, array: np.ndarray) -> bool:
     return array.dtype.newbyteorder("=") == expected
 
 
-def encode(triton_type: str, array: np.ndarray) -> bytes:
-    """The raw little-endian bytes Triton expects for `array` (C order)."""
+def encode(triton_type: str, array: np.ndarray) -> bytes | memoryview:
+    """The raw little-endian bytes Triton expects for `array` (C order): a view of the
+    array's own memory when it already is little-endian and contiguous, else one copy."""
     if triton_type == "BYTES":
         return serialize_bytes(array)
     if triton_type == "BF16":
         return float32_to_bf16_bytes(array)
     if array.dtype.byteorder == ">":  # e.g. straight from a ROOT file: one conversion
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).tobytes()
+    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
 
 
-def decode(triton_type: str, raw: bytes, shape: list[int]) -> np.ndarray:
+def decode(triton_type: str, raw: bytes | memoryview, shape: list[int]) -> np.ndarray:
     """An output tensor from its raw bytes. Numeric outputs are read-only views of the
     response buffer (no copy); call .copy() to modify one."""
     if triton_type == "BYTES":
@@ -76,7 +77,7 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def deserialize_bytes(raw: bytes) -> np.ndarray:
+def deserialize_bytes(raw: bytes | memoryview) -> np.ndarray:
     items, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -85,7 +86,7 @@ def deserialize_bytes(raw: bytes) -> np.ndarray:
         offset += 4
         if offset + length > len(raw):
             raise ValueError(f"malformed BYTES tensor: element of {length} bytes overruns")
-        items.append(raw[offset:offset + length])
+        items.append(bytes(raw[offset:offset + length]))
         offset += length
     result = np.empty(len(items), dtype=np.object_)
     result[:] = items
@@ -98,5 +99,5 @@ def float32_to_bf16_bytes(array: np.ndarray) -> bytes:
     return rounded.astype("<u2").tobytes()
 
 
-def bf16_bytes_to_float32(raw: bytes) -> np.ndarray:
+def bf16_bytes_to_float32(raw: bytes | memoryview) -> np.ndarray:
     return (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")

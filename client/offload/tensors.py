@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offload import dtypes
+from offload import dtypes, wire
 from offload.errors import InvalidInputError, MessageTooLargeError
 
 
@@ -133,9 +133,9 @@ def split(prepared: Prepared, max_batch_size: int) -> list[Prepared]:
 
 
 def build_request(service_pb2, info: ModelInfo, prepared: Prepared, version: str,
-                  request_id: str = ""):
-    """A ModelInferRequest carrying the arrays as raw bytes (one copy each, into the
-    protobuf); all outputs are returned."""
+                  request_id: str = "") -> bytes:
+    """The serialised ModelInferRequest, the arrays' bytes copied once, straight into it
+    (see offload.wire); all outputs are returned."""
     # Checked before any copy: numeric tensors' sizes are known from their arrays.
     total = sum(_encoded_size(t.datatype, prepared.arrays[t.name]) for t in info.inputs)
     if total > _MESSAGE_BUDGET:
@@ -143,16 +143,15 @@ def build_request(service_pb2, info: ModelInfo, prepared: Prepared, version: str
             f"model '{info.name}': a request of {total / 2**30:.2f} GiB exceeds gRPC's 2 GiB "
             "message limit; send fewer rows per call (batches larger than max_batch_size are "
             "split, but here one piece is still too large)", model=info.name)
-    request = service_pb2.ModelInferRequest(model_name=info.name, model_version=version,
-                                            id=request_id)
+    head = service_pb2.ModelInferRequest(model_name=info.name, model_version=version,
+                                         id=request_id)
     for tensor in info.inputs:
-        value = prepared.arrays[tensor.name]
-        entry = request.inputs.add()
+        entry = head.inputs.add()
         entry.name = tensor.name
         entry.datatype = tensor.datatype
-        entry.shape.extend(value.shape)
-        request.raw_input_contents.append(dtypes.encode(tensor.datatype, value))
-    return request
+        entry.shape.extend(prepared.arrays[tensor.name].shape)
+    return wire.request_bytes(head.SerializeToString(), [
+        dtypes.encode(t.datatype, prepared.arrays[t.name]) for t in info.inputs])
 
 
 def _encoded_size(datatype: str, value: np.ndarray) -> int:
@@ -166,12 +165,16 @@ def _encoded_size(datatype: str, value: np.ndarray) -> int:
 _MESSAGE_BUDGET = 2**31 - 1 - 64 * 1024
 
 
-def decode_response(info: ModelInfo, response) -> dict[str, np.ndarray]:
-    outputs = {}
-    for index, tensor in enumerate(response.outputs):
-        raw = response.raw_output_contents[index]
-        outputs[tensor.name] = dtypes.decode(tensor.datatype, raw, list(tensor.shape))
-    return outputs
+def decode_response(service_pb2, payload: bytes) -> dict[str, np.ndarray]:
+    """Outputs of a serialised ModelInferResponse; numeric ones are read-only views into
+    `payload` (no copy)."""
+    rest, raw = wire.split_response(payload)
+    response = service_pb2.ModelInferResponse.FromString(rest)
+    if len(raw) != len(response.outputs):
+        raise ValueError(f"response of model '{response.model_name}' has "
+                         f"{len(response.outputs)} outputs but {len(raw)} raw tensors")
+    return {tensor.name: dtypes.decode(tensor.datatype, raw[index], list(tensor.shape))
+            for index, tensor in enumerate(response.outputs)}
 
 
 def concatenate(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -1,0 +1,92 @@
+"""`offload models`, `offload infer`, `offload stats`: the client from the shell.
+
+    offload models --server triton.example.org:8001
+    offload infer jet_tagger --input jets.npz --output scores.npz
+    offload stats jet_tagger
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from offload.endpoints import SERVERS_VARIABLE
+
+
+def add_server_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", action="append", dest="servers", metavar="HOST:PORT",
+                        help=f"Triton gRPC endpoint (repeatable; default: ${SERVERS_VARIABLE}, "
+                             "else 127.0.0.1:8001)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+
+
+def _client(args: argparse.Namespace):
+    import os
+
+    from offload.client import Client
+
+    servers = args.servers or os.environ.get(SERVERS_VARIABLE) or "127.0.0.1:8001"
+    return Client(servers, timeout=args.timeout)
+
+
+# ------------------------------------------------------------------ models
+def add_models_arguments(parser: argparse.ArgumentParser) -> None:
+    add_server_argument(parser)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        rows = client.models()
+        width = max([len(r["name"]) for r in rows] + [4])
+        print(f"{'name':<{width}}  version  state")
+        for row in rows:
+            reason = f"  ({row['reason']})" if row["reason"] else ""
+            print(f"{row['name']:<{width}}  {row['version'] or '-':<7}  {row['state']}{reason}")
+    return 0
+
+
+# ------------------------------------------------------------------ infer
+def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model")
+    parser.add_argument("--input", required=True, metavar="IN.npz",
+                        help="a .npz with one array per model input, named as the inputs")
+    parser.add_argument("--output", metavar="OUT.npz", help="write the outputs here")
+    parser.add_argument("--version", default=None)
+    add_server_argument(parser)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    with np.load(args.input, allow_pickle=False) as data:
+        inputs = {name: data[name] for name in data.files}
+    with _client(args) as client:
+        model = client.model(args.model, args.version)
+        outputs = model.infer(inputs)
+        stats = model.stats()
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype} {list(value.shape)}  mean {np.mean(value):.6g}"
+              if value.dtype.kind in "fiub" else f"{name}: {value.dtype} {list(value.shape)}")
+    print(f"{stats.requests} request(s), {stats.inferences} inference(s), "
+          f"{stats.bytes_sent:,} B sent, {stats.bytes_received:,} B received", file=sys.stderr)
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------ stats
+def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model")
+    add_server_argument(parser)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for row in client.model(args.model).server_stats():
+            print(f"{row.model} v{row.version}: {row.requests} requests, {row.executions} "
+                  f"executions (mean batch {row.mean_batch:.1f}), {row.failures} failures")
+            print(f"  per request: queue {row.queue_us:.0f} µs, compute input "
+                  f"{row.compute_input_us:.0f} µs, infer {row.compute_infer_us:.0f} µs, "
+                  f"output {row.compute_output_us:.0f} µs")
+    return 0

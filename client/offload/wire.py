@@ -1,0 +1,86 @@
+"""ModelInfer messages built and read at the protobuf wire level, for the tensor bytes.
+
+A request's tensors go straight from the numpy buffers into the one bytes object gRPC
+sends (one copy, where building the message would take three: `tobytes`, the protobuf
+field, serialisation). A response's tensors are found in the received bytes and viewed by
+numpy without copying (parsing it as a message would copy each tensor twice). Everything
+but the tensor bytes still goes through the generated protobuf classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Field numbers in Triton's grpc_service.proto.
+REQUEST_RAW_INPUT_CONTENTS = 7
+RESPONSE_RAW_OUTPUT_CONTENTS = 6
+_LENGTH_DELIMITED = 2
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_RAW_TAG = varint(REQUEST_RAW_INPUT_CONTENTS << 3 | _LENGTH_DELIMITED)
+
+
+def request_bytes(head: bytes, tensors: Sequence[bytes | memoryview]) -> bytes:
+    """The serialised request: `head` (the message without raw_input_contents, already
+    serialised) followed by one raw_input_contents field per tensor, in input order."""
+    parts: list[bytes | memoryview] = [head]
+    for data in tensors:
+        parts += [_RAW_TAG, varint(len(data) if isinstance(data, bytes) else data.nbytes), data]
+    return b"".join(parts)
+
+
+def _read_varint(data: memoryview, offset: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[offset]
+        offset += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, offset
+        shift += 7
+
+
+def split_response(payload: bytes) -> tuple[bytes, list[memoryview]]:
+    """(the response without raw_output_contents, to parse as a message; views of each
+    raw_output_contents entry in order, into `payload`)."""
+    view = memoryview(payload)
+    rest: list[memoryview] = []
+    raw: list[memoryview] = []
+    offset, end = 0, len(view)
+    while offset < end:
+        start = offset
+        tag, offset = _read_varint(view, offset)
+        wire = tag & 7
+        if wire == _LENGTH_DELIMITED:
+            length, offset = _read_varint(view, offset)
+            if tag >> 3 == RESPONSE_RAW_OUTPUT_CONTENTS:
+                raw.append(view[offset:offset + length])
+            else:
+                rest.append(view[start:offset + length])
+            offset += length
+        elif wire == 0:
+            _, offset = _read_varint(view, offset)
+            rest.append(view[start:offset])
+        elif wire == 1:
+            offset += 8
+            rest.append(view[start:offset])
+        elif wire == 5:
+            offset += 4
+            rest.append(view[start:offset])
+        else:
+            raise ValueError(f"malformed ModelInferResponse: wire type {wire} at byte {start}")
+    if offset != end:
+        raise ValueError("malformed ModelInferResponse: truncated")
+    return b"".join(rest), raw

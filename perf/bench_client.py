@@ -1,0 +1,233 @@
+"""The client's own cost: offload vs a raw gRPC stub (the floor) vs NVIDIA's tritonclient.
+
+All three talk to the same embedded tritonserver and the same identity model (Triton's
+Python backend echoing an FP32 tensor), side by side in one run:
+
+- per call, at 16 B, 1 MB and 16 MB: the floor sends a request serialised once in advance
+  through a bare grpc channel and parses the response message; offload builds the request
+  from numpy, checks it and decodes the output to numpy; tritonclient does the same with its
+  InferInput / InferResult;
+- pipelined at batch 1 (16 B): offload's futures (`submit`) and its asyncio client with
+  1–64 requests in flight, vs tritonclient's synchronous loop.
+
+    python perf/bench_client.py              # results to perf/results/bench_client.{json,png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+import offload
+from offload import protocol
+from offload_server import LocalServer
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = {"16 B": 4, "1 MB": 262_144, "16 MB": 4_194_304}  # float32 elements
+
+ECHO = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
+            for r in requests]
+'''
+CONFIG = '''name: "identity"
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+'''
+
+
+def identity_repository(root: Path) -> Path:
+    (root / "identity" / "1").mkdir(parents=True)
+    (root / "identity" / "config.pbtxt").write_text(CONFIG)
+    (root / "identity" / "1" / "model.py").write_text(ECHO)
+    return root
+
+
+def per_call(call: Callable[[], object], seconds: float) -> tuple[float, float]:
+    """(median seconds per call, calls per second) over a window, after a warm-up."""
+    for _ in range(3):
+        call()
+    durations = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(durations) < 5:
+        start = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations), len(durations) / sum(durations)
+
+
+def floor_call(url: str, x: np.ndarray) -> Callable[[], object]:
+    channel = grpc.insecure_channel(url, options=[("grpc.max_send_message_length", -1),
+                                                  ("grpc.max_receive_message_length", -1)])
+    request = protocol.service_pb2.ModelInferRequest(model_name="identity")
+    tensor = request.inputs.add(name="INPUT0", datatype="FP32", shape=[x.size])
+    assert tensor is not None
+    request.raw_input_contents.append(x.tobytes())
+    payload = request.SerializeToString()
+    infer = channel.unary_unary(protocol.SERVICE + "ModelInfer",
+                                request_serializer=lambda b: b,
+                                response_deserializer=protocol.service_pb2.ModelInferResponse
+                                .FromString)
+    return lambda: infer(payload)
+
+
+def tritonclient_call(url: str, x: np.ndarray) -> Callable[[], object]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+
+    def call() -> object:
+        tensor = grpcclient.InferInput("INPUT0", [x.size], "FP32")
+        tensor.set_data_from_numpy(x)
+        return client.infer("identity", [tensor]).as_numpy("OUTPUT0")
+    return call
+
+
+def pipelined_offload(model: offload.Model, x: np.ndarray, depth: int, seconds: float) -> float:
+    """Inferences/s with `depth` requests in flight through futures."""
+    import threading
+
+    slots = threading.BoundedSemaphore(depth)
+    done = [0]
+    end = time.perf_counter() + seconds
+    start = time.perf_counter()
+    futures = []
+    while time.perf_counter() < end:
+        slots.acquire()
+        future = model.submit(INPUT0=x)
+        future.add_done_callback(lambda _: (slots.release(), done.__setitem__(0, done[0] + 1)))
+        futures.append(future)
+    for future in futures:
+        future.result()
+    return len(futures) / (time.perf_counter() - start)
+
+
+def pipelined_async(url: str, x: np.ndarray, depth: int, seconds: float) -> float:
+    async def run() -> float:
+        async with offload.AsyncClient(url) as client:
+            model = await client.model("identity")
+            count = 0
+            end = time.perf_counter() + seconds
+
+            async def worker() -> None:
+                nonlocal count
+                while time.perf_counter() < end:
+                    await model.infer(INPUT0=x)
+                    count += 1
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(depth)))
+            return count / (time.perf_counter() - start)
+    return asyncio.run(run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="window per figure")
+    parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+    record: dict = {"machine": {"host": platform.node(), "python": platform.python_version(),
+                                "grpcio": grpc.__version__}, "per_call": [], "pipelined": []}
+    with tempfile.TemporaryDirectory() as scratch, \
+            LocalServer(identity_repository(Path(scratch))) as server, \
+            offload.Client(server.grpc_url) as client:
+        model = client.model("identity")
+        for label in args.sizes:
+            x = np.random.default_rng(0).random(SIZES[label], dtype=np.float32)
+            row = {"size": label}
+            for name, call in (("floor", floor_call(server.grpc_url, x)),
+                               ("offload", lambda x=x: model.infer(INPUT0=x)),
+                               ("tritonclient", tritonclient_call(server.grpc_url, x))):
+                console.print(f"per call {label}: {name}")
+                row[name] = per_call(call, args.seconds)[0] * 1e3
+            record["per_call"].append(row)
+        x = np.ones(4, np.float32)
+        sync = per_call(tritonclient_call(server.grpc_url, x), args.seconds)[1]
+        for depth in args.depths:
+            console.print(f"pipelined depth {depth}")
+            record["pipelined"].append({
+                "depth": depth, "tritonclient_sync_loop": sync,
+                "offload_futures": pipelined_offload(model, x, depth, args.seconds),
+                "offload_asyncio": pipelined_async(server.grpc_url, x, depth, args.seconds)})
+
+    table = Table(title="per call (median ms; ratio to the floor)")
+    for column in ("size", "floor", "offload", "tritonclient", "offload / floor",
+                   "tritonclient / floor", "offload / tritonclient"):
+        table.add_column(column, justify="right")
+    for row in record["per_call"]:
+        table.add_row(row["size"], f"{row['floor']:.3f}", f"{row['offload']:.3f}",
+                      f"{row['tritonclient']:.3f}", f"{row['offload'] / row['floor']:.2f}",
+                      f"{row['tritonclient'] / row['floor']:.2f}",
+                      f"{row['offload'] / row['tritonclient']:.2f}")
+    console.print(table)
+    table = Table(title="pipelined, batch 1, 16 B (inferences/s)")
+    for column in ("in flight", "tritonclient sync loop", "offload futures", "offload asyncio",
+                   "futures / sync loop"):
+        table.add_column(column, justify="right")
+    for row in record["pipelined"]:
+        table.add_row(str(row["depth"]), f"{row['tritonclient_sync_loop']:,.0f}",
+                      f"{row['offload_futures']:,.0f}", f"{row['offload_asyncio']:,.0f}",
+                      f"{row['offload_futures'] / row['tritonclient_sync_loop']:.2f}")
+    console.print(table)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "bench_client.json").write_text(json.dumps(record, indent=2))
+    plot(record, args.output / "bench_client.png")
+    console.print(f"wrote {args.output / 'bench_client.json'} and bench_client.png")
+    return 0
+
+
+def plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sizes = [r["size"] for r in record["per_call"]]
+    for i, name in enumerate(("floor", "offload", "tritonclient")):
+        left.bar(np.arange(len(sizes)) + (i - 1) * 0.27, [r[name] for r in record["per_call"]],
+                 0.27, label=name)
+    left.set_xticks(np.arange(len(sizes)), sizes)
+    left.set_yscale("log")
+    left.set_ylabel("median ms per call")
+    left.set_title("per call, identity model")
+    left.legend()
+    depths = [r["depth"] for r in record["pipelined"]]
+    for key, label in (("offload_futures", "offload submit()"),
+                       ("offload_asyncio", "offload AsyncClient"),
+                       ("tritonclient_sync_loop", "tritonclient sync loop")):
+        right.plot(depths, [r[key] for r in record["pipelined"]], marker="o", label=label)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("requests in flight")
+    right.set_ylabel("inferences / s (batch 1)")
+    right.set_title("pipelining")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
