@@ -308,3 +308,33 @@ def test_local_fallback_starts_and_stops_an_embedded_server(repo):
         local = client._local_server
         assert local is not None and local.running
     assert not local.running
+
+
+# ------------------------------------------------------------------ command line
+def test_command_line_models_infer_stats(server, reference, tmp_path):
+    import subprocess
+    import sys
+
+    offload_cli = [sys.executable, "-m", "offload.cli"]
+    listed = subprocess.run([*offload_cli, "models", "--server", server.grpc_url],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.split()[:3] == ["mlp", "1", "READY"] for line in listed.stdout.splitlines())
+    x = _x(5, 8)
+    np.savez(tmp_path / "in.npz", x=x)
+    inferred = subprocess.run([*offload_cli, "infer", "mlp", "--input", str(tmp_path / "in.npz"),
+                               "--output", str(tmp_path / "out.npz"), "--server",
+                               server.grpc_url], capture_output=True, text=True, timeout=60)
+    assert inferred.returncode == 0, inferred.stderr
+    assert "y: float32 [5, 3]" in inferred.stdout
+    with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_allclose(out["y"], reference(x)["y"], rtol=1e-5, atol=1e-5)
+    stats = subprocess.run([*offload_cli, "stats", "mlp", "--server", server.grpc_url],
+                           capture_output=True, text=True, timeout=60)
+    assert stats.returncode == 0 and "per request: queue" in stats.stdout
+    np.savez(tmp_path / "bad.npz", features=x)
+    refused = subprocess.run([*offload_cli, "infer", "mlp", "--input", str(tmp_path / "bad.npz"),
+                              "--server", server.grpc_url], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1
+    assert "offload infer: error: model 'mlp': missing 'x'" in refused.stderr

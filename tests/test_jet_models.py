@@ -105,3 +105,14 @@ def test_quick_training_pipeline_end_to_end(tmp_path):
         for name in ("config.pbtxt", "model_card.md", "metrics.json", "validation.npz"):
             assert (tmp_path / model / name).is_file(), (model, name)
         assert "QUICK smoke run" in (tmp_path / model / "model_card.md").read_text()
+
+
+def test_grid_job_example_runs_against_the_server(server):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "examples/grid_job.py", "--events", "150",
+                             "--block", "32", "--server", server.grpc_url],
+                            cwd=REPOSITORY.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "150 events, 300 jets" in result.stdout and "events/s" in result.stdout

@@ -19,25 +19,9 @@ import grpc
 import numpy as np
 
 from offload import tensors
-from offload.client import Client, Model, _Attempts, _pb
-from offload.endpoints import Endpoint
+from offload.client import Client, Model, _Attempts, _pb, drive
 from offload.errors import ModelNotFoundError
 from offload.stats import StatsRecorder
-
-
-class _AsyncEndpoint(Endpoint):
-    def __init__(self, address: str, *, tls, options) -> None:
-        self.address = address
-        if tls is not None:
-            if tls.server_name:
-                options = [*options, ("grpc.ssl_target_name_override", tls.server_name)]
-            self.channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(address, options=options)
-        Endpoint._init_state(self)
-
-    def close(self) -> None:  # grpc.aio channels close asynchronously: see AsyncClient.close
-        pass
 
 
 class AsyncClient(Client):
@@ -48,9 +32,6 @@ class AsyncClient(Client):
         if options.get("fallback"):
             raise ValueError("AsyncClient has no local fallback; use offload.Client for it")
         super().__init__(servers, **options)
-
-    def _endpoint(self, address: str) -> Endpoint:
-        return _AsyncEndpoint(address, tls=self._tls, options=self._options)
 
     async def model(self, name: str, version: str | int | None = None) -> AsyncModel:  # type: ignore[override]
         key = (name, "" if version is None else str(version))
@@ -77,7 +58,7 @@ class AsyncClient(Client):
     async def ready(self) -> bool:  # type: ignore[override]
         for endpoint in self._pool.endpoints:
             try:
-                response = await endpoint.method("ServerReady")(
+                response = await endpoint.aio_method("ServerReady")(
                     _pb().ServerReadyRequest(), timeout=5, metadata=self._metadata)
             except grpc.RpcError:
                 continue
@@ -88,7 +69,8 @@ class AsyncClient(Client):
     async def close(self) -> None:  # type: ignore[override]
         if not self._closed:
             self._closed = True
-            await asyncio.gather(*(e.channel.close() for e in self._pool.endpoints))
+            await asyncio.gather(*(e.close_aio() for e in self._pool.endpoints))
+            self._pool.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -99,22 +81,10 @@ class AsyncClient(Client):
     async def _acall(self, method: str, request: Any, *, model: str | None,
                      timeout: float | None = None, rows: int = 0,
                      stats: StatsRecorder | None = None) -> Any:
-        """One request with retries and failover: the async driver of _Attempts."""
-        attempts = _Attempts(self, method, request, model, rows, stats,
-                             time.monotonic() + (timeout or self.timeout), None,
-                             self._compression)
-        while True:
-            endpoint, remaining = attempts._begin()
-            started = time.monotonic()
-            try:
-                response = await endpoint.method(method)(
-                    request, timeout=remaining, metadata=self._metadata,
-                    compression=self._compression)
-            except grpc.RpcError as error:
-                await asyncio.sleep(attempts._failed(endpoint, error))
-                continue
-            attempts._succeeded(endpoint, started, response)
-            return response
+        """One request with retries and failover, on this event loop."""
+        return await drive(_Attempts(self, method, request, model, rows, stats,
+                                     time.monotonic() + (timeout or self.timeout),
+                                     self._compression))
 
     def _start_fallback(self, model: str | None) -> bool:
         return False

@@ -86,6 +86,7 @@ class Endpoint:
             self.channel = grpc.secure_channel(address, tls.credentials(), options=options)
         else:
             self.channel = grpc.insecure_channel(address, options=options)
+        self._tls, self._options = tls, options
         self._init_state()
 
     def _init_state(self) -> None:
@@ -94,6 +95,8 @@ class Endpoint:
         self.breaker = CircuitBreaker()
         self._lock = threading.Lock()
         self._methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._aio_channel: grpc.aio.Channel | None = None
+        self._aio_methods: dict[str, object] = {}
 
     def method(self, name: str):
         if name not in self._methods:
@@ -101,6 +104,29 @@ class Endpoint:
 
             self._methods[name] = protocol.method(self.channel, name)
         return self._methods[name]
+
+    def aio_method(self, name: str):
+        """The same RPC on a grpc.aio channel; call only from the client's event loop, where
+        the channel is created on first use."""
+        if name not in self._aio_methods:
+            from offload import protocol
+
+            if self._aio_channel is None:
+                tls = self._tls
+                if tls is not None:
+                    options = self._options + ([("grpc.ssl_target_name_override",
+                                                 tls.server_name)] if tls.server_name else [])
+                    self._aio_channel = grpc.aio.secure_channel(self.address, tls.credentials(),
+                                                                options=options)
+                else:
+                    self._aio_channel = grpc.aio.insecure_channel(self.address,
+                                                                  options=self._options)
+            self._aio_methods[name] = protocol.method(self._aio_channel, name)
+        return self._aio_methods[name]
+
+    async def close_aio(self) -> None:
+        if self._aio_channel is not None:
+            await self._aio_channel.close()
 
     def began(self) -> None:
         with self._lock:
