@@ -338,3 +338,43 @@ def test_command_line_models_infer_stats(server, reference, tmp_path):
                              timeout=60)
     assert refused.returncode == 1
     assert "offload infer: error: model 'mlp': missing 'x'" in refused.stderr
+
+
+def test_prometheus_metrics(client):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    import offload.metrics
+
+    registry = prometheus_client.CollectorRegistry()
+    offload.metrics._metrics = None  # a fresh registry for this test
+    offload.metrics.enable(registry)
+    try:
+        client.model("mlp").infer(x=_x(3))
+        with pytest.raises(offload.InvalidInputError):
+            client.model("mlp").infer(x=_x(3).astype(np.float64))
+    finally:
+        offload.metrics._metrics = None
+    sample = registry.get_sample_value
+    assert sample("offload_inferences_total", {"model": "mlp"}) == 3
+    assert sample("offload_failures_total", {"model": "mlp"}) == 1
+    assert sample("offload_request_seconds_count", {"model": "mlp"}) == 1
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs openssl")
+def test_tls(repo, tmp_path):
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    with LocalServer(repo, models=["mlp"], extra_args=[
+            "--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+                     ) as secured:
+        with offload.Client(secured.grpc_url, tls=offload.TLS(root_certificates=str(cert))
+                            ) as client:
+            assert client.model("mlp").infer(x=_x(2))["y"].shape == (2, tm.N_OUT)
+        with offload.Client(secured.grpc_url, retries=1, timeout=5,
+                            backoff=offload.Backoff(base=0.01)) as plain, \
+                pytest.raises(offload.ServerUnavailableError):
+            plain.model("mlp")

@@ -376,7 +376,7 @@ class Model:
         self._client = client
         self.info = info
         self.version = version
-        self._stats = StatsRecorder()
+        self._stats = StatsRecorder(info.name)
 
     @property
     def name(self) -> str:

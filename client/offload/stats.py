@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from offload import metrics
+
 
 @dataclass(frozen=True)
 class ClientStats:
@@ -23,7 +25,10 @@ class ClientStats:
 
 
 class StatsRecorder:
-    def __init__(self) -> None:
+    """Counts for one model; mirrored to Prometheus when offload.metrics is enabled."""
+
+    def __init__(self, model: str = "") -> None:
+        self.model = model
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=10_000)
         self.calls = self.requests = self.inferences = self.failures = self.retries = 0
@@ -40,14 +45,24 @@ class StatsRecorder:
             self.bytes_sent += sent
             self.bytes_received += received
             self._latencies.append(seconds)
+        if (prometheus := metrics.current()) is not None:
+            prometheus.requests.labels(self.model).inc()
+            prometheus.inferences.labels(self.model).inc(rows)
+            prometheus.bytes_sent.labels(self.model).inc(sent)
+            prometheus.bytes_received.labels(self.model).inc(received)
+            prometheus.latency.labels(self.model).observe(seconds)
 
     def retry(self) -> None:
         with self._lock:
             self.retries += 1
+        if (prometheus := metrics.current()) is not None:
+            prometheus.retries.labels(self.model).inc()
 
     def failure(self) -> None:
         with self._lock:
             self.failures += 1
+        if (prometheus := metrics.current()) is not None:
+            prometheus.failures.labels(self.model).inc()
 
     def snapshot(self) -> ClientStats:
         with self._lock:
