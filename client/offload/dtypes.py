@@ -43,7 +43,8 @@ def accepts(triton_type: str, array: np.ndarray) -> bool:
     if triton_type == "BYTES":
         return array.dtype == np.object_ or array.dtype.kind in ("S", "U")
     expected = TRITON_TO_NUMPY[triton_type]
-    return array.dtype.newbyteorder("=") == expected
+    return array.dtype == expected or (array.dtype.byteorder == ">"
+                                       and array.dtype.newbyteorder("<") == expected)
 
 
 def encode(triton_type: str, array: np.ndarray) -> bytes | memoryview:

@@ -166,6 +166,8 @@ class EndpointPool:
         preferring ones not in `avoid` (servers that just failed this request). With every
         breaker open, the one that reopens first: a request is never refused locally."""
         now = time.monotonic()
+        if len(self.endpoints) == 1:  # the common case: nothing to choose
+            return self.endpoints[0]
         with self._lock:
             candidates = [e for e in self.endpoints if e.breaker.closed(now)]
             fresh = [e for e in candidates if e.address not in avoid]
