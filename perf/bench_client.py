@@ -153,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
                                 "grpcio": grpc.__version__}, "per_call": [], "pipelined": []}
     with tempfile.TemporaryDirectory() as scratch, \
             LocalServer(identity_repository(Path(scratch))) as server, \
-            offload.Client(server.grpc_url) as client:
+            offload.Client(server.grpc_url) as client, \
+            offload.Client(server.grpc_url, shared_memory=True) as shm_client:
         model = client.model("identity")
+        shm_model = shm_client.model("identity")
         for label in args.sizes:
             x = np.random.default_rng(0).random(SIZES[label], dtype=np.float32)
             row = {"size": label}
             for name, call in (("floor", floor_call(server.grpc_url, x)),
                                ("offload", lambda x=x: model.infer(INPUT0=x)),
+                               ("offload shm", lambda x=x: shm_model.infer(INPUT0=x)),
                                ("tritonclient", tritonclient_call(server.grpc_url, x))):
                 console.print(f"per call {label}: {name}")
                 row[name] = per_call(call, args.seconds)[0] * 1e3
@@ -174,14 +177,17 @@ def main(argv: list[str] | None = None) -> int:
                 "offload_asyncio": pipelined_async(server.grpc_url, x, depth, args.seconds)})
 
     table = Table(title="per call (median ms; ratio to the floor)")
-    for column in ("size", "floor", "offload", "tritonclient", "offload / floor",
-                   "tritonclient / floor", "offload / tritonclient"):
+    for column in ("size", "floor", "offload", "offload shm", "tritonclient",
+                   "offload / floor", "tritonclient / floor", "offload / tritonclient",
+                   "shm / offload"):
         table.add_column(column, justify="right")
     for row in record["per_call"]:
         table.add_row(row["size"], f"{row['floor']:.3f}", f"{row['offload']:.3f}",
-                      f"{row['tritonclient']:.3f}", f"{row['offload'] / row['floor']:.2f}",
+                      f"{row['offload shm']:.3f}", f"{row['tritonclient']:.3f}",
+                      f"{row['offload'] / row['floor']:.2f}",
                       f"{row['tritonclient'] / row['floor']:.2f}",
-                      f"{row['offload'] / row['tritonclient']:.2f}")
+                      f"{row['offload'] / row['tritonclient']:.2f}",
+                      f"{row['offload shm'] / row['offload']:.2f}")
     console.print(table)
     table = Table(title="pipelined, batch 1, 16 B (inferences/s)")
     for column in ("in flight", "tritonclient sync loop", "offload futures", "offload asyncio",
@@ -207,9 +213,9 @@ def plot(record: dict, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     sizes = [r["size"] for r in record["per_call"]]
-    for i, name in enumerate(("floor", "offload", "tritonclient")):
-        left.bar(np.arange(len(sizes)) + (i - 1) * 0.27, [r[name] for r in record["per_call"]],
-                 0.27, label=name)
+    for i, name in enumerate(("floor", "offload", "offload shm", "tritonclient")):
+        left.bar(np.arange(len(sizes)) + (i - 1.5) * 0.2, [r[name] for r in record["per_call"]],
+                 0.2, label=name)
     left.set_xticks(np.arange(len(sizes)), sizes)
     left.set_yscale("log")
     left.set_ylabel("median ms per call")

@@ -378,3 +378,23 @@ def test_tls(repo, tmp_path):
                             backoff=offload.Backoff(base=0.01)) as plain, \
                 pytest.raises(offload.ServerUnavailableError):
             plain.model("mlp")
+
+
+def test_shared_memory_with_a_server_on_this_host(server, reference):
+    with offload.Client(server.grpc_url, shared_memory=True) as client:
+        model = client.model("mlp")
+        for rows in (1, 2500):  # one region, then split pieces reusing regions
+            x = _x(rows, rows)
+            np.testing.assert_allclose(model.infer(x=x)["y"], reference(x)["y"], rtol=1e-5,
+                                       atol=1e-5)
+        x = _x(7, 3)
+        np.testing.assert_allclose(model.submit(x=x).result()["y"], reference(x)["y"],
+                                   rtol=1e-5, atol=1e-5)
+        assert model.stats().bytes_sent < 4096  # the tensors did not travel in the messages
+        regions = [r.memory.name for r in client._regions._all]
+        assert regions
+    from pathlib import Path as _Path
+
+    assert not any((_Path("/dev/shm") / name).exists() for name in regions)  # cleaned up
+    with pytest.raises(ValueError, match="exactly one server on this host"):
+        offload.Client(["10.0.0.1:8001"], shared_memory=True)

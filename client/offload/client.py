@@ -42,8 +42,9 @@ from offload.tensors import ModelInfo, TensorInfo
 
 log = logging.getLogger("offload")
 
-COMPRESSION = {None: grpc.Compression.NoCompression, "none": grpc.Compression.NoCompression,
-               "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+# None: leave compression out of the call altogether (the cheapest path).
+COMPRESSION = {None: None, "none": None, "gzip": grpc.Compression.Gzip,
+               "deflate": grpc.Compression.Deflate}
 
 
 class Client:
@@ -62,6 +63,8 @@ class Client:
         fallback: "local" to start an embedded server on this machine (needs the `server`
             extra) when no server is reachable; it serves `repository`.
         check_finite: refuse NaN/Inf in floating-point inputs before sending.
+        shared_memory: pass tensors through POSIX shared memory instead of the messages;
+            only with one server on this host (see offload.shm and perf/RESULTS.md).
     """
 
     def __init__(self, servers: str | Sequence[str] | None = None, *, timeout: float = 60.0,
@@ -69,8 +72,12 @@ class Client:
                  headers: Mapping[str, str] | None = None, tls: TLS | None = None,
                  compression: str | None = None, keepalive: float | None = None,
                  fallback: str | None = None, repository: str = "model_repository",
-                 check_finite: bool = True, backoff: Backoff | None = None) -> None:
+                 check_finite: bool = True, backoff: Backoff | None = None,
+                 shared_memory: bool = False) -> None:
         addresses = parse_servers(servers)
+        if shared_memory and (len(addresses) != 1 or not _on_this_host(addresses[0])):
+            raise ValueError("shared_memory=True needs exactly one server on this host "
+                             f"(127.0.0.1, localhost or ::1), got {addresses}")
         if not addresses and fallback != "local":
             raise ServerUnavailableError(
                 "no server given: pass Client('host:8001'), a list, or set OFFLOAD_SERVERS "
@@ -96,13 +103,27 @@ class Client:
         metadata = dict(headers or {})
         if token:
             metadata["authorization"] = f"Bearer {token}"
-        self._metadata = tuple((k.lower(), v) for k, v in metadata.items())
+        self._metadata = tuple((k.lower(), v) for k, v in metadata.items()) or None
         self._pool = EndpointPool([self._endpoint(a) for a in addresses])
         self._models: dict[tuple[str, str], Model] = {}
         self._lock = threading.Lock()
         self._local_server: Any = None
         self._io_loop: _IOLoop | None = None
+        self._thread_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
+        self._regions = None
+        if shared_memory:
+            from offload import shm
+
+            pb = _pb()
+            self._regions = shm.RegionPool(
+                lambda r: self._call("SystemSharedMemoryRegister",
+                                     pb.SystemSharedMemoryRegisterRequest(
+                                         name=r.name, key=r.key, offset=0, byte_size=r.size),
+                                     model=None),
+                lambda r: self._call("SystemSharedMemoryUnregister",
+                                     pb.SystemSharedMemoryUnregisterRequest(name=r.name),
+                                     model=None, timeout=5))
 
     # ------------------------------------------------------------------ public
     def model(self, name: str, version: str | int | None = None) -> Model:
@@ -142,6 +163,10 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self._thread_pool is not None:
+            self._thread_pool.shutdown(wait=True)
+        if self._regions is not None:
+            self._regions.close()
         if self._io_loop is not None:
             self._io_loop.close(self._pool.endpoints)
         self._pool.close()
@@ -184,6 +209,13 @@ class Client:
         deadline = time.monotonic() + (timeout or self.timeout)
         return _Attempts(self, method, request, model, rows, stats, deadline,
                          self._compression).blocking()
+
+    def _workers(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._thread_pool is None:
+                self._thread_pool = concurrent.futures.ThreadPoolExecutor(
+                    8, thread_name_prefix="offload-shm")
+            return self._thread_pool
 
     def _io(self) -> _IOLoop:
         with self._lock:
@@ -261,7 +293,7 @@ class _Attempts:
 
     def __init__(self, client: Client, method: str, request: Any, model: str | None,
                  rows: int, stats: StatsRecorder | None, deadline: float,
-                 compression: grpc.Compression) -> None:
+                 compression: grpc.Compression | None) -> None:
         self.client, self.method, self.request, self.model = client, method, request, model
         self.rows, self.stats, self.deadline = rows, stats, deadline
         self.compression = compression
@@ -358,6 +390,11 @@ class _Attempts:
         return f"{code.name if code else 'error'} from {self.last_server}: {details}"
 
 
+def _on_this_host(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or address.startswith("unix:")
+
+
 def _size(message: Any) -> int:
     # Inference travels as bytes; ByteSize() of a message would serialise it again.
     return len(message) if isinstance(message, bytes) else message.ByteSize()
@@ -406,6 +443,10 @@ class Model:
         are read-only views of the response (`.copy()` to modify)."""
         target = self._for_version(version)
         prepared = self._prepare(target, {**(inputs or {}), **named})
+        if self._client._regions is not None:
+            return tensors.concatenate([
+                self._through_shared_memory(target, piece, timeout)
+                for piece in tensors.split(prepared, target.info.max_batch_size)])
         if prepared.batch is not None and prepared.batch > target.info.max_batch_size > 0:
             return self._submit_prepared(target, prepared, timeout).result()
         request = tensors.build_request(_pb(), target.info, prepared, target.version)
@@ -423,8 +464,30 @@ class Model:
         return self._submit_prepared(target, self._prepare(target, {**(inputs or {}), **named}),
                                      timeout)
 
+    def _through_shared_memory(self, target: Model, piece: tensors.Prepared,
+                               timeout: float | None) -> dict[str, np.ndarray]:
+        from offload import shm
+
+        client = self._client
+        where = shm.layout(target.info, piece)
+        region = client._regions.acquire(where.nbytes)
+        try:
+            shm.write_inputs(region, target.info, piece, where)
+            request = shm.build_request(_pb(), target.info, piece, target.version, region,
+                                        where)
+            response = client._call("ModelInfer", request, model=self.name, timeout=timeout,
+                                    rows=piece.batch or 1, stats=self._stats)
+            return shm.read_outputs(_pb(), response, region, where, target.info)
+        finally:
+            client._regions.release(region)
+
     def _submit_prepared(self, target: Model, prepared: tensors.Prepared,
                          timeout: float | None) -> concurrent.futures.Future:
+        if self._client._regions is not None:
+            # Shared memory: each piece synchronously, on the client's I/O thread pool.
+            pieces = tensors.split(prepared, target.info.max_batch_size)
+            return self._client._workers().submit(lambda: tensors.concatenate(
+                [self._through_shared_memory(target, p, timeout) for p in pieces]))
         pieces = tensors.split(prepared, target.info.max_batch_size)
         requests = [tensors.build_request(_pb(), target.info, p, target.version) for p in pieces]
         client = self._client

@@ -34,6 +34,10 @@ METHODS = {
     "ModelInfer": (service_pb2.ModelInferRequest, service_pb2.ModelInferResponse),
     "ModelStatistics": (service_pb2.ModelStatisticsRequest, service_pb2.ModelStatisticsResponse),
     "RepositoryIndex": (service_pb2.RepositoryIndexRequest, service_pb2.RepositoryIndexResponse),
+    "SystemSharedMemoryRegister": (service_pb2.SystemSharedMemoryRegisterRequest,
+                                   service_pb2.SystemSharedMemoryRegisterResponse),
+    "SystemSharedMemoryUnregister": (service_pb2.SystemSharedMemoryUnregisterRequest,
+                                     service_pb2.SystemSharedMemoryUnregisterResponse),
 }
 
 #: gRPC's own limit on one message (a signed 32-bit length).

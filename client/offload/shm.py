@@ -1,0 +1,164 @@
+"""System shared memory with a Triton server on the same host.
+
+Instead of travelling inside the gRPC messages, input and output tensors go through a
+POSIX shared-memory region that the client registers with the server once and reuses:
+the client writes the inputs into it, the request names the region and offsets, Triton
+reads them and writes the outputs there, and the client copies the outputs out. Only for
+a server on this machine (`Client(..., shared_memory=True)` with a loopback address);
+perf/RESULTS.md records when it pays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from offload import dtypes
+from offload.errors import InvalidInputError
+from offload.tensors import ModelInfo, Prepared
+
+_ALIGN = 64
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+@dataclass
+class Region:
+    name: str  # the name registered with Triton
+    memory: shared_memory.SharedMemory
+    size: int
+
+    @property
+    def key(self) -> str:
+        return "/" + self.memory.name  # shm_open key, as Triton expects it
+
+
+class RegionPool:
+    """Regions registered with one server, reused by size (powers of two)."""
+
+    def __init__(self, register, unregister) -> None:
+        self._register, self._unregister = register, unregister
+        self._free: dict[int, list[Region]] = {}
+        self._all: list[Region] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, nbytes: int) -> Region:
+        size = 1 << max(12, (nbytes - 1).bit_length())
+        with self._lock:
+            if self._free.get(size):
+                return self._free[size].pop()
+        memory = shared_memory.SharedMemory(create=True, size=size)
+        region = Region(f"offload-{uuid.uuid4().hex[:12]}", memory, size)
+        try:
+            self._register(region)
+        except BaseException:
+            memory.close()
+            memory.unlink()
+            raise
+        with self._lock:
+            self._all.append(region)
+        return region
+
+    def release(self, region: Region) -> None:
+        with self._lock:
+            self._free.setdefault(region.size, []).append(region)
+
+    def close(self) -> None:
+        with self._lock:
+            regions, self._all, self._free = self._all, [], {}
+        for region in regions:
+            with contextlib.suppress(Exception):
+                self._unregister(region)
+            region.memory.close()
+            with contextlib.suppress(FileNotFoundError):
+                region.memory.unlink()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each input and output sits in a region."""
+
+    inputs: dict[str, tuple[int, int]]  # name -> (offset, bytes)
+    outputs: dict[str, tuple[int, int, tuple[int, ...]]]  # name -> (offset, bytes, shape)
+    nbytes: int
+
+
+def layout(info: ModelInfo, prepared: Prepared) -> Layout:
+    """Inputs then outputs, 64-byte aligned. An output goes through the region only when its
+    size is known in advance (every non-batch dimension fixed in the model's metadata);
+    the others come back in the response as usual."""
+    offset, inputs, outputs = 0, {}, {}
+    for tensor in info.inputs:
+        if tensor.datatype in ("BYTES", "BF16"):
+            raise InvalidInputError(f"model '{info.name}': input '{tensor.name}' is "
+                                    f"{tensor.datatype}; shared memory carries fixed-size "
+                                    "numeric tensors only", model=info.name)
+        size = prepared.arrays[tensor.name].nbytes
+        inputs[tensor.name] = (offset, size)
+        offset = _aligned(offset + size)
+    for tensor in info.outputs:
+        shape = tensor.shape[1:] if info.batched else tensor.shape
+        if any(d < 0 for d in shape) or tensor.datatype in ("BYTES", "BF16"):
+            continue
+        full = ((prepared.batch or 1), *shape) if info.batched else tuple(shape)
+        size = int(np.prod(full)) * tensor.dtype.itemsize
+        outputs[tensor.name] = (offset, size, full)
+        offset = _aligned(offset + size)
+    return Layout(inputs, outputs, max(offset, 1))
+
+
+def write_inputs(region: Region, info: ModelInfo, prepared: Prepared, where: Layout) -> None:
+    buffer = region.memory.buf
+    for tensor in info.inputs:
+        offset, _ = where.inputs[tensor.name]
+        value = prepared.arrays[tensor.name]
+        target = np.ndarray(value.shape, dtype=value.dtype.newbyteorder("<"), buffer=buffer,
+                            offset=offset)
+        np.copyto(target, value)  # converts byte order and layout on the way, one copy
+
+
+def build_request(service_pb2, info: ModelInfo, prepared: Prepared, version: str,
+                  region: Region, where: Layout) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name=info.name, model_version=version)
+    for tensor in info.inputs:
+        offset, size = where.inputs[tensor.name]
+        entry = request.inputs.add(name=tensor.name, datatype=tensor.datatype,
+                                   shape=prepared.arrays[tensor.name].shape)
+        _point(entry.parameters, region.name, offset, size)
+    for tensor in info.outputs:
+        entry = request.outputs.add(name=tensor.name)  # all outputs, named: all come back
+        if tensor.name in where.outputs:
+            offset, size, _ = where.outputs[tensor.name]
+            _point(entry.parameters, region.name, offset, size)
+    return request.SerializeToString()
+
+
+def _point(parameters, region: str, offset: int, size: int) -> None:
+    parameters["shared_memory_region"].string_param = region
+    parameters["shared_memory_offset"].int64_param = offset
+    parameters["shared_memory_byte_size"].int64_param = size
+
+
+def read_outputs(service_pb2, payload: bytes, region: Region, where: Layout,
+                 info: ModelInfo) -> dict[str, np.ndarray]:
+    """The outputs: copies of those in the region (it is reused at once), views of those
+    that came in the response."""
+    response = service_pb2.ModelInferResponse.FromString(payload)
+    outputs, raw = {}, iter(response.raw_output_contents)
+    for tensor in response.outputs:
+        shape = tuple(tensor.shape)
+        if tensor.name in where.outputs:
+            offset = where.outputs[tensor.name][0]
+            outputs[tensor.name] = np.ndarray(
+                shape, dtype=dtypes.TRITON_TO_NUMPY[tensor.datatype], buffer=region.memory.buf,
+                offset=offset).copy()
+        else:
+            outputs[tensor.name] = dtypes.decode(tensor.datatype, next(raw), list(shape))
+    return outputs
