@@ -398,3 +398,31 @@ def test_shared_memory_with_a_server_on_this_host(server, reference):
     assert not any((_Path("/dev/shm") / name).exists() for name in regions)  # cleaned up
     with pytest.raises(ValueError, match="exactly one server on this host"):
         offload.Client(["10.0.0.1:8001"], shared_memory=True)
+
+
+def test_version_pinning_and_keepalive(server, reference):
+    with offload.Client(server.grpc_url, keepalive=30) as client:
+        pinned = client.model("mlp", version=1)
+        assert pinned.version == "1"
+        x = _x(2)
+        np.testing.assert_allclose(pinned.infer(x=x)["y"], reference(x)["y"], rtol=1e-5,
+                                   atol=1e-5)
+        latest = client.model("mlp")
+        np.testing.assert_allclose(latest.infer(x=x, version=1)["y"], reference(x)["y"],
+                                   rtol=1e-5, atol=1e-5)
+        with pytest.raises(offload.ModelNotFoundError):
+            latest.infer(x=x, version=3)
+
+
+def test_bf16_and_bytes_encodings():
+    from offload import dtypes
+
+    values = np.array([1.0, -2.5, 3.140625, 1e-3, 65504.0], np.float32)
+    raw = dtypes.encode("BF16", values)
+    assert len(raw) == 2 * values.size
+    back = dtypes.decode("BF16", raw, [values.size])
+    np.testing.assert_allclose(back, values, rtol=2**-8)  # bfloat16 keeps 8 bits
+    encoded = dtypes.encode("BYTES", np.array([b"ab", b""], dtype=object))
+    assert bytes(encoded) == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
+    with pytest.raises(ValueError, match="malformed BYTES tensor"):
+        dtypes.deserialize_bytes(b"\x05\x00\x00\x00ab")
