@@ -38,8 +38,12 @@ class EdgeConv(nn.Module):
                 mask: torch.Tensor) -> torch.Tensor:
         # points [B, P, D], features [B, P, C], mask [B, P, 1]
         batch, particles, channels = features.shape
-        squared = (points * points).sum(-1, keepdim=True)
-        distance = squared - 2 * points @ points.transpose(1, 2) + squared.transpose(1, 2)
+        # Squared distances from explicit differences, not |a|² − 2ab + |b|²: the expanded
+        # form cancels badly for close particles, and its matrix product is summed in a
+        # different order by torch and onnxruntime, which flips near-ties in the neighbour
+        # choice between training and serving.
+        difference = points.unsqueeze(2) - points.unsqueeze(1)
+        distance = (difference * difference).sum(-1)
         distance = distance + (1 - mask.transpose(1, 2)) * _FAR
         neighbours = distance.topk(self.k + 1, dim=-1, largest=False).indices[:, :, 1:]
         index = neighbours.reshape(batch, particles * self.k, 1).expand(-1, -1, channels)

@@ -112,7 +112,7 @@ def build(repository: Path, *, quick: bool = False, workers: int | None = None,
     inputs = {name: tagger_inputs(p.constituents, p.reco_jet) for name, p in parts.items()}
     train_started = time.perf_counter()
     model, history = train(inputs["train"], parts["train"].is_top, inputs["validation"],
-                           parts["validation"].is_top, epochs=1 if quick else 30, seed=seed)
+                           parts["validation"].is_top, epochs=1 if quick else 20, seed=seed)
     training_seconds = time.perf_counter() - train_started
 
     model_dir = repository / NAME
