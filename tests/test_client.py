@@ -426,3 +426,10 @@ def test_bf16_and_bytes_encodings():
     assert bytes(encoded) == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
     with pytest.raises(ValueError, match="malformed BYTES tensor"):
         dtypes.deserialize_bytes(b"\x05\x00\x00\x00ab")
+
+
+def test_health_probe(server):
+    dead = _closed_port()
+    with offload.Client([server.grpc_url, dead]) as client:
+        assert client.health(timeout=2) == {server.grpc_url: True, dead: False}
+        assert client.ready()

@@ -144,15 +144,22 @@ class Client:
 
     def ready(self) -> bool:
         """Whether at least one server answers that it is ready."""
+        return any(self.health(timeout=5).values())
+
+    def health(self, timeout: float = 5.0) -> dict[str, bool]:
+        """Probe every server (ServerReady); a server that answers ready closes its circuit
+        breaker, one that does not counts as a failure."""
+        status = {}
         for endpoint in self._pool.endpoints:
             try:
-                response = endpoint.method("ServerReady")(_pb().ServerReadyRequest(), timeout=5,
-                                                          metadata=self._metadata)
+                ready = endpoint.method("ServerReady")(_pb().ServerReadyRequest(),
+                                                       timeout=timeout,
+                                                       metadata=self._metadata).ready
             except grpc.RpcError:
-                continue
-            if response.ready:
-                return True
-        return False
+                ready = False
+            endpoint.record_probe(ready)
+            status[endpoint.address] = ready
+        return status
 
     @property
     def servers(self) -> list[str]:

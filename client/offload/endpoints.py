@@ -144,6 +144,14 @@ class Endpoint:
                     self.latency = seconds if not self.latency else (
                         0.8 * self.latency + 0.2 * seconds)
 
+    def record_probe(self, ready: bool) -> None:
+        with self._lock:
+            if ready:
+                self.breaker.success()
+                self.breaker.open_until = 0.0
+            else:
+                self.breaker.failure(time.monotonic())
+
     def cost(self) -> float:
         """Expected wait for one more request: queue length times typical latency."""
         return (self.outstanding + 1) * (self.latency or 1e-3)
