@@ -72,7 +72,7 @@ constituents); the tests serve them and recompute its row above.
 0.988 on the public top-tagging data set (Kasieczka et al., SciPost Phys. 7 (2019) 014:
 Pythia 8 + Delphes ATLAS card, pt 550–650 GeV, 1.2 M training jets). Ours differs in: the
 detector model (parametric, not Delphes), the pt window (500–650 GeV), the training size
-(≈{counts['train']['top'] + counts['train']['qcd']:,} jets, ~25 times fewer), and a much
+({counts['train']['top'] + counts['train']['qcd']:,} jets, {1.2e6 / (counts['train']['top'] + counts['train']['qcd']):.0f} times fewer), and a much
 smaller network (one static EdgeConv block, 64 constituents) sized for CPU training in
 minutes. The figures are not directly comparable.
 
