@@ -552,10 +552,10 @@ server with the same interface.
 ## Reproduce
 
 ```bash
-make models            # every model, full size
-make models QUICK=1    # a quick build for checking the pipeline
-.venv/bin/python -m offload_training.showers.pipeline            # this model only
-.venv/bin/python -m offload_training.showers.pipeline --quick /tmp/repo
+make models                                    # every model, full size, into model_repository/
+make models QUICK=1                            # smoke run into build/models-quick/
+.venv/bin/offload train --model calo_shower_generator           # this model only
+.venv/bin/python -m offload_training.showers.pipeline [--quick] [--workers N] [REPO]
 ```
 
 Data are cached under `$OFFLOAD_DATA/showers` (default `data/showers`); the run is
