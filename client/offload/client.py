@@ -541,6 +541,12 @@ class Model:
 
 
 def _pb():
-    from offload import protocol
+    global _SERVICE_PB2
+    if _SERVICE_PB2 is None:
+        from offload import protocol
 
-    return protocol.service_pb2
+        _SERVICE_PB2 = protocol.service_pb2
+    return _SERVICE_PB2
+
+
+_SERVICE_PB2 = None

@@ -73,6 +73,39 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
     """Check inputs against the model's metadata; raise InvalidInputError naming the model,
     the tensor, what was expected and what came. Nothing is sent for refused input."""
     where = f"model '{info.name}'"
+    if len(inputs) != len(info.inputs) or any(t.name not in inputs for t in info.inputs):
+        _refuse_names(info, inputs, where)
+    arrays: dict[str, np.ndarray] = {}
+    batches: dict[str, int] = {}
+    for tensor in info.inputs:
+        value = inputs[tensor.name]
+        if not isinstance(value, np.ndarray):
+            if tensor.datatype == "BYTES":
+                value = np.asarray(value, dtype=np.object_)
+            else:  # lists and scalars take the expected type; arrays must already have it
+                value = np.asarray(value, dtype=tensor.dtype)
+        shape, wanted = value.shape, tensor.shape
+        if (value.dtype != tensor.dtype and not dtypes.accepts(tensor.datatype, value)) or \
+                len(shape) != len(wanted) or 0 in shape or \
+                any(w >= 0 and w != got for w, got in zip(wanted, shape, strict=True)):
+            _refuse_tensor(info, tensor, value, where)
+        if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int((~np.isfinite(value)).sum())
+            raise InvalidInputError(
+                f"{where}, input '{tensor.name}': {bad} non-finite value(s) (NaN or Inf); "
+                "models give undefined results on them. Clean the input, or pass "
+                "check_finite=False to send as is", model=info.name)
+        if info.batched:
+            batches[tensor.name] = shape[0]
+        arrays[tensor.name] = value
+    if len(set(batches.values())) > 1:
+        shown = ", ".join(f"'{n}' {b}" for n, b in batches.items())
+        raise InvalidInputError(f"{where}: inputs disagree on the batch size ({shown}); the "
+                                "first dimension must be the same for all", model=info.name)
+    return Prepared(arrays, next(iter(batches.values())) if batches else None)
+
+
+def _refuse_names(info: ModelInfo, inputs: Mapping[str, object], where: str) -> None:
     expected = {t.name for t in info.inputs}
     missing = [t for t in info.inputs if t.name not in inputs]
     extra = sorted(set(inputs) - expected)
@@ -84,43 +117,20 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
             parts.append("unknown " + ", ".join(f"'{n}'" for n in extra))
         raise InvalidInputError(f"{where}: {'; '.join(parts)}; it takes "
                                 + ", ".join(t.describe() for t in info.inputs), model=info.name)
-    arrays: dict[str, np.ndarray] = {}
-    batches: dict[str, int] = {}
-    for tensor in info.inputs:
-        value = inputs[tensor.name]
-        label = f"{where}, input '{tensor.name}'"
-        if not isinstance(value, np.ndarray):
-            if tensor.datatype == "BYTES":
-                value = np.asarray(value, dtype=np.object_)
-            else:  # lists and scalars take the expected type; arrays must already have it
-                value = np.asarray(value, dtype=tensor.dtype)
-        if not dtypes.accepts(tensor.datatype, value):
-            raise InvalidInputError(
-                f"{label}: expected {dtypes.describe(tensor.datatype)}, got {value.dtype}; "
-                f"convert with .astype(np.{tensor.dtype.name})", model=info.name)
-        if value.ndim != len(tensor.shape) or any(
-                want >= 0 and want != got for want, got in zip(tensor.shape, value.shape,
-                                                               strict=False)):
-            raise InvalidInputError(
-                f"{label}: expected shape {list(tensor.shape)} (-1 = any), got "
-                f"{list(value.shape)}", model=info.name)
-        if info.batched:
-            batches[tensor.name] = value.shape[0]
-        if any(d == 0 for d in value.shape):
-            raise InvalidInputError(f"{label}: empty tensor {list(value.shape)}; send at least "
-                                    "one entry", model=info.name)
-        if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
-            bad = int((~np.isfinite(value)).sum())
-            raise InvalidInputError(
-                f"{label}: {bad} non-finite value(s) (NaN or Inf); models give undefined "
-                "results on them. Clean the input, or pass check_finite=False to send as is",
-                model=info.name)
-        arrays[tensor.name] = value
-    if len(set(batches.values())) > 1:
-        shown = ", ".join(f"'{n}' {b}" for n, b in batches.items())
-        raise InvalidInputError(f"{where}: inputs disagree on the batch size ({shown}); the "
-                                "first dimension must be the same for all", model=info.name)
-    return Prepared(arrays, next(iter(batches.values())) if batches else None)
+
+
+def _refuse_tensor(info: ModelInfo, tensor: TensorInfo, value: np.ndarray, where: str) -> None:
+    """Raise the error for a tensor of the wrong type, rank, shape or size."""
+    label = f"{where}, input '{tensor.name}'"
+    if not dtypes.accepts(tensor.datatype, value):
+        raise InvalidInputError(
+            f"{label}: expected {dtypes.describe(tensor.datatype)}, got {value.dtype}; "
+            f"convert with .astype(np.{tensor.dtype.name})", model=info.name)
+    if 0 in value.shape and value.ndim == len(tensor.shape):
+        raise InvalidInputError(f"{label}: empty tensor {list(value.shape)}; send at least "
+                                "one entry", model=info.name)
+    raise InvalidInputError(f"{label}: expected shape {list(tensor.shape)} (-1 = any), got "
+                            f"{list(value.shape)}", model=info.name)
 
 
 def split(prepared: Prepared, max_batch_size: int) -> list[Prepared]:
