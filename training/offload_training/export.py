@@ -90,6 +90,29 @@ def choose_max_batch_size(timings: Sequence[BatchTiming], fraction: float = 0.9)
     return min(2 * enough, max(t.batch for t in timings))
 
 
+#: Batch sizes at which exports are timed.
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def configure_by_measurement(model_dir: Path, backend: str, inputs: Sequence[Tensor],
+                             outputs: Sequence[Tensor], sample: dict[str, np.ndarray]):
+    """Write config.pbtxt with `max_batch_size` chosen by timing the exported artifact
+    in-process with the backend's own runner (rows of `sample`, repeated up to 4096), then
+    load it again as the server will, which refuses a config that disagrees with the
+    artifact. Returns (runner, timings, max_batch_size)."""
+    from offload_server.backends import load_in_process
+
+    name = model_dir.name
+    config = model_dir / "config.pbtxt"
+    config.write_text(config_pbtxt(name, backend, BATCHES[-1], inputs, outputs))
+    runner = load_in_process(model_dir)
+    pool = {k: np.resize(v, (BATCHES[-1], *v.shape[1:])) for k, v in sample.items()}
+    timings = time_batches(lambda b: runner.run({k: v[:b] for k, v in pool.items()}), BATCHES)
+    max_batch = choose_max_batch_size(timings)
+    config.write_text(config_pbtxt(name, backend, max_batch, inputs, outputs))
+    return load_in_process(model_dir), timings, max_batch
+
+
 def timing_table(timings: Sequence[BatchTiming]) -> str:
     rows = [f"| {t.batch} | {t.seconds_per_batch * 1e3:.3f} | {t.per_item_us:.1f} | "
             f"{t.throughput:,.0f} |" for t in timings]

@@ -24,16 +24,8 @@ from offload.physics.jets import (
     MAX_CONSTITUENTS,
     regression_inputs,
 )
-from offload_server.backends import load_in_process
 from offload_training import jet_samples
-from offload_training.export import (
-    Tensor,
-    choose_max_batch_size,
-    config_pbtxt,
-    model_folder,
-    time_batches,
-    write_json,
-)
+from offload_training.export import Tensor, configure_by_measurement, model_folder, write_json
 from offload_training.metrics import regression_metrics
 from offload_training.regression import card
 
@@ -120,16 +112,8 @@ def build(repository: Path, *, quick: bool = False, workers: int | None = None,
 
     model_dir = repository / NAME
     export_savedmodel(model, model_folder(repository, NAME) / "model.savedmodel")
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(NAME, "tensorflow", 1024, INPUTS,
-                                                         OUTPUTS))
-    runner = load_in_process(model_dir)
-    pool = {k: np.repeat(v, 8, axis=0)[:4096] for k, v in inputs["test"].items()}
-    timings = time_batches(lambda b: runner.run({k: v[:b] for k, v in pool.items()}),
-                           [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
-    max_batch = choose_max_batch_size(timings)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(NAME, "tensorflow", max_batch, INPUTS,
-                                                         OUTPUTS))
-    runner = load_in_process(model_dir)
+    runner, timings, max_batch = configure_by_measurement(model_dir, "tensorflow", INPUTS,
+                                                          OUTPUTS, inputs["test"])
     test_correction = np.concatenate([
         runner.run({k: v[i:i + 1024] for k, v in inputs["test"].items()})["pt_correction"][:, 0]
         for i in range(0, len(parts["test"]), 1024)])

@@ -15,16 +15,8 @@ from offload.physics.jets import (
     MAX_CONSTITUENTS,
     tagger_inputs,
 )
-from offload_server.backends import load_in_process
 from offload_training import jet_samples
-from offload_training.export import (
-    Tensor,
-    choose_max_batch_size,
-    config_pbtxt,
-    model_folder,
-    time_batches,
-    write_json,
-)
+from offload_training.export import Tensor, configure_by_measurement, model_folder, write_json
 from offload_training.metrics import tagging_metrics
 from offload_training.tagger import card
 from offload_training.tagger.model import ParticleNetLite, TopProbability
@@ -119,17 +111,8 @@ def build(repository: Path, *, quick: bool = False, workers: int | None = None,
     artifact = model_folder(repository, NAME) / "model.onnx"
     export_onnx(model, artifact)
     test_scores = _predict(model, inputs["test"])
-    # Batch size by measurement: the exported model, in-process, as the server runs it.
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(NAME, "onnxruntime", 1024, INPUTS,
-                                                         OUTPUTS))
-    runner = load_in_process(model_dir)
-    pool = {k: np.repeat(v, 8, axis=0)[:4096] for k, v in inputs["test"].items()}
-    timings = time_batches(lambda b: runner.run({k: v[:b] for k, v in pool.items()}),
-                           [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
-    max_batch = choose_max_batch_size(timings)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(NAME, "onnxruntime", max_batch, INPUTS,
-                                                         OUTPUTS))
-    runner = load_in_process(model_dir)  # refuses an export that disagrees with the config
+    runner, timings, max_batch = configure_by_measurement(model_dir, "onnxruntime", INPUTS,
+                                                          OUTPUTS, inputs["test"])
     served_like = runner.run({k: v[:256] for k, v in inputs["test"].items()})["top_probability"]
     export_difference = float(np.abs(served_like[:, 0] - test_scores[:256]).max())
     if export_difference > 1e-4:
