@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False)
     passthrough = [a for a in args.triton_args if a != "--"]
-    ready = threading.Event()
+    ready = threading.Event()  # serving: Triton's warnings and errors are echoed
+    started = threading.Event()  # start() returned: a signal now means "stop cleanly"
 
     def echo(line: str) -> None:
         # Once serving, Triton's warnings and errors are worth seeing; its chatter is not.
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        if not ready.is_set():
+        if not started.is_set():
             raise KeyboardInterrupt  # while starting: unwind, and start() stops the server
         stop.set()
 
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             startup_timeout=args.startup_timeout, extra_args=passthrough, on_log_line=echo,
             on_status=status.update,
         ).start()
+        started.set()
     try:
         console.print(f"[bold green]tritonserver ready[/] (pid {server.pid}, "
                       f"model repository {server.repository})")
