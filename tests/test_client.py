@@ -433,3 +433,17 @@ def test_health_probe(server):
     with offload.Client([server.grpc_url, dead]) as client:
         assert client.health(timeout=2) == {server.grpc_url: True, dead: False}
         assert client.ready()
+
+
+def test_finite_check_catches_every_kind_of_non_finite_value():
+    from offload.tensors import _all_finite
+
+    for dtype in (np.float16, np.float32, np.float64):
+        values = np.ones(1000, dtype)
+        assert _all_finite(values)
+        for bad in (np.nan, np.inf, -np.inf):
+            spoiled = values.copy()
+            spoiled[537] = bad
+            assert not _all_finite(spoiled), (dtype, bad)
+    huge = np.full(10, np.finfo(np.float64).max / 2)  # finite, but its sum overflows
+    assert _all_finite(huge)

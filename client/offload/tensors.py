@@ -89,7 +89,7 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
                 len(shape) != len(wanted) or 0 in shape or \
                 any(w >= 0 and w != got for w, got in zip(wanted, shape, strict=True)):
             _refuse_tensor(info, tensor, value, where)
-        if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+        if check_finite and value.dtype.kind == "f" and not _all_finite(value):
             bad = int((~np.isfinite(value)).sum())
             raise InvalidInputError(
                 f"{where}, input '{tensor.name}': {bad} non-finite value(s) (NaN or Inf); "
@@ -103,6 +103,16 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
         raise InvalidInputError(f"{where}: inputs disagree on the batch size ({shown}); the "
                                 "first dimension must be the same for all", model=info.name)
     return Prepared(arrays, next(iter(batches.values())) if batches else None)
+
+
+def _all_finite(value: np.ndarray) -> bool:
+    """Whether no element is NaN or ±Inf. One pass without a temporary: any NaN or Inf
+    makes the float64 sum non-finite, and finite float16/float32 values cannot overflow it;
+    only when the sum is not finite (or the input is float64) is each element looked at."""
+    if value.dtype.itemsize < 8 and np.isfinite(np.add.reduce(value, axis=None,
+                                                               dtype=np.float64)):
+        return True
+    return bool(np.isfinite(value).all())
 
 
 def _refuse_names(info: ModelInfo, inputs: Mapping[str, object], where: str) -> None:
