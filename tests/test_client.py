@@ -439,11 +439,11 @@ def test_finite_check_catches_every_kind_of_non_finite_value():
     from offload.tensors import _all_finite
 
     for dtype in (np.float16, np.float32, np.float64):
-        values = np.ones(1000, dtype)
+        values = np.ones(10_000, dtype)
         assert _all_finite(values)
         for bad in (np.nan, np.inf, -np.inf):
             spoiled = values.copy()
-            spoiled[537] = bad
+            spoiled[5371] = bad
             assert not _all_finite(spoiled), (dtype, bad)
     huge = np.full(10, np.finfo(np.float64).max / 2)  # finite, but its sum overflows
     assert _all_finite(huge)

@@ -109,9 +109,9 @@ def _all_finite(value: np.ndarray) -> bool:
     """Whether no element is NaN or ±Inf. One pass without a temporary: any NaN or Inf
     makes the float64 sum non-finite, and finite float16/float32 values cannot overflow it;
     only when the sum is not finite (or the input is float64) is each element looked at."""
-    if value.dtype.itemsize < 8 and np.isfinite(np.add.reduce(value, axis=None,
-                                                               dtype=np.float64)):
-        return True
+    if value.size > 4096 and value.dtype.itemsize < 8 and np.isfinite(
+            np.add.reduce(value, axis=None, dtype=np.float64)):
+        return True  # (for small arrays the plain check below is cheaper)
     return bool(np.isfinite(value).all())
 
 
