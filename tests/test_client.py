@@ -447,3 +447,16 @@ def test_finite_check_catches_every_kind_of_non_finite_value():
             assert not _all_finite(spoiled), (dtype, bad)
     huge = np.full(10, np.finfo(np.float64).max / 2)  # finite, but its sum overflows
     assert _all_finite(huge)
+
+
+def test_request_head_written_directly_equals_protobufs_serialisation():
+    from offload import protocol, wire
+
+    cases = [("m", "", [("x", "FP32", (3, 8))]),
+             ("jet_tagger", "2", [("points", "FP32", (1, 128, 2)), ("mask", "BOOL", ())]),
+             ("big", "", [("a", "INT64", (2**40, 300))])]
+    for name, version, inputs in cases:
+        message = protocol.service_pb2.ModelInferRequest(model_name=name, model_version=version)
+        for tensor, datatype, shape in inputs:
+            message.inputs.add(name=tensor, datatype=datatype, shape=shape)
+        assert wire.request_head(name, version, inputs) == message.SerializeToString()

@@ -163,14 +163,17 @@ def build_request(service_pb2, info: ModelInfo, prepared: Prepared, version: str
             f"model '{info.name}': a request of {total / 2**30:.2f} GiB exceeds gRPC's 2 GiB "
             "message limit; send fewer rows per call (batches larger than max_batch_size are "
             "split, but here one piece is still too large)", model=info.name)
-    head = service_pb2.ModelInferRequest(model_name=info.name, model_version=version,
-                                         id=request_id)
-    for tensor in info.inputs:
-        entry = head.inputs.add()
-        entry.name = tensor.name
-        entry.datatype = tensor.datatype
-        entry.shape.extend(prepared.arrays[tensor.name].shape)
-    return wire.request_bytes(head.SerializeToString(), [
+    if request_id:
+        head = service_pb2.ModelInferRequest(model_name=info.name, model_version=version,
+                                             id=request_id)
+        for tensor in info.inputs:
+            head.inputs.add(name=tensor.name, datatype=tensor.datatype,
+                            shape=prepared.arrays[tensor.name].shape)
+        head_bytes = head.SerializeToString()
+    else:  # the common case, written without a message object
+        head_bytes = wire.request_head(info.name, version, [
+            (t.name, t.datatype, prepared.arrays[t.name].shape) for t in info.inputs])
+    return wire.request_bytes(head_bytes, [
         dtypes.encode(t.datatype, prepared.arrays[t.name]) for t in info.inputs])
 
 

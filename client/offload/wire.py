@@ -32,6 +32,29 @@ def varint(value: int) -> bytes:
 _RAW_TAG = varint(REQUEST_RAW_INPUT_CONTENTS << 3 | _LENGTH_DELIMITED)
 
 
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (string, bytes, message, packed repeated)."""
+    return varint(number << 3 | _LENGTH_DELIMITED) + varint(len(payload)) + payload
+
+
+def request_head(model_name: str, model_version: str,
+                 inputs: Sequence[tuple[str, str, Sequence[int]]]) -> bytes:
+    """ModelInferRequest's fields before the tensors, written directly: model_name (1),
+    model_version (2), and per input an InferInputTensor (5) of name (1), datatype (2) and
+    shape (3, packed int64). Equal to the generated class's serialisation (tested), without
+    building a message object per request."""
+    parts = [_field(1, model_name.encode())]
+    if model_version:
+        parts.append(_field(2, model_version.encode()))
+    for name, datatype, shape in inputs:
+        packed = b"".join(varint(d & 0xFFFFFFFFFFFFFFFF) for d in shape)
+        tensor = _field(1, name.encode()) + _field(2, datatype.encode())
+        if shape:
+            tensor += _field(3, packed)
+        parts.append(_field(5, tensor))
+    return b"".join(parts)
+
+
 def request_bytes(head: bytes, tensors: Sequence[bytes | memoryview]) -> bytes:
     """The serialised request: `head` (the message without raw_input_contents, already
     serialised) followed by one raw_input_contents field per tensor, in input order."""
