@@ -460,3 +460,25 @@ def test_request_head_written_directly_equals_protobufs_serialisation():
         for tensor, datatype, shape in inputs:
             message.inputs.add(name=tensor, datatype=datatype, shape=shape)
         assert wire.request_head(name, version, inputs) == message.SerializeToString()
+
+
+def test_full_queue_is_retried_with_backoff_then_reported_as_overload(tmp_path):
+    tm.export_echo(tmp_path, "queue_of_one", "TYPE_FP32", max_batch_size=4, dims=(4,),
+                   sleep_s=0.3,
+                   extra="dynamic_batching { default_queue_policy { max_queue_size: 1 } }")
+    x = np.ones((1, 4), np.float32)
+    with LocalServer(tmp_path) as busy:
+        with offload.Client(busy.grpc_url, retries=30, timeout=60,
+                            backoff=offload.Backoff(base=0.05, cap=0.5)) as patient:
+            model = patient.model("queue_of_one")
+            futures = [model.submit(INPUT0=x) for _ in range(6)]
+            for future in futures:  # all get through, later
+                np.testing.assert_array_equal(future.result(timeout=60)["OUTPUT0"], x)
+            assert model.stats().retries > 0
+        with offload.Client(busy.grpc_url, retries=0) as impatient:
+            model = impatient.model("queue_of_one")
+            futures = [model.submit(INPUT0=x) for _ in range(6)]
+            errors = [f.exception(timeout=60) for f in futures]
+            refused = [e for e in errors if e is not None]
+            assert refused and all(isinstance(e, offload.ServerOverloadedError) for e in refused)
+            assert "queue is full" in str(refused[0])

@@ -357,9 +357,12 @@ class _Attempts:
             endpoint.ended(None, failed=False)
             raise self._final(protocol.translate(error, model=self.model,  # type: ignore[arg-type]
                                                  server=endpoint.address))
-        unavailable = code == grpc.StatusCode.UNAVAILABLE
-        endpoint.ended(None, failed=unavailable)
+        busy = protocol.overloaded(code, details or "")
+        unavailable = code == grpc.StatusCode.UNAVAILABLE and not busy
+        endpoint.ended(None, failed=unavailable)  # a full queue is no sign of a dead server
         self.last_error = error if isinstance(error, grpc.RpcError) else None
+        if busy:
+            self.failed_on.add(endpoint.address)  # another server, if there is one
         if unavailable:
             self.failed_on.add(endpoint.address)
             everywhere = self.failed_on >= {e.address for e in self.client._pool.endpoints}
@@ -367,7 +370,7 @@ class _Attempts:
                 # The new local endpoint is the only one not in failed_on: try it at once,
                 # without counting this against the retries.
                 return 0.0
-        if code in protocol.RETRYABLE and self.attempt < self.client.retries:
+        if (unavailable or busy) and self.attempt < self.client.retries:
             self.attempt += 1
             if self.stats is not None:
                 self.stats.retry()

@@ -43,12 +43,19 @@ METHODS = {
 #: gRPC's own limit on one message (a signed 32-bit length).
 MAX_MESSAGE_BYTES = 2**31 - 1
 
-#: Status codes after which the same request may be sent again (to this or another
-#: server): the server is down or unreachable, or its queue is full. Inference on the
-#: project's stateless models is idempotent, so a retry after UNAVAILABLE is safe even in
-#: the rare case that the first attempt did run (at-least-once execution, exactly-once
-#: result to the caller).
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Retried (to this or another server): UNAVAILABLE (down or unreachable) and a full queue
+# (see overloaded()). Inference on the project's stateless models is idempotent, so a retry
+# after UNAVAILABLE is safe even in the rare case that the first attempt did run
+# (at-least-once execution, exactly-once result to the caller).
+
+
+def overloaded(code: grpc.StatusCode | None, details: str) -> bool:
+    """A full queue: Triton answers UNAVAILABLE "Exceeds maximum queue size" when a model's
+    max_queue_size is reached; proxies answer RESOURCE_EXHAUSTED. The server is up: retry
+    later or elsewhere, but do not count it as down."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return "exceeds maximum queue size" in details.lower()
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger" not in details.lower()
 
 
 def refused_credentials(code: grpc.StatusCode | None, details: str) -> bool:
@@ -81,15 +88,17 @@ def translate(error: grpc.RpcError, *, model: str | None, server: str) -> Infere
     if refused_credentials(code, details):
         return AuthenticationError(f"{where} refused the credentials: {details} (pass the "
                                    "token or headers it expects to offload.Client)", model=model)
+    if overloaded(code, details):
+        return ServerOverloadedError(f"{where}: the server's queue is full ({details}); "
+                                     "retries ran out: send less, or add servers",
+                                     model=model)
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailableError(f"{server} is unavailable: {details}", model=model)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(f"{where}: deadline exceeded before a result came",
                                      model=model)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        if "message larger than max" in details.lower() or "received message" in details.lower():
-            return MessageTooLargeError(f"{where}: {details}", model=model)
-        return ServerOverloadedError(f"{where}: server queue full: {details}", model=model)
+        return MessageTooLargeError(f"{where}: {details}", model=model)
     if code == grpc.StatusCode.NOT_FOUND or (
             code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
             and ("unknown model" in details or "is not found" in details
