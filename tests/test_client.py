@@ -305,6 +305,9 @@ def test_local_fallback_starts_and_stops_an_embedded_server(repo):
                         backoff=offload.Backoff(base=0.01), timeout=120) as client:
         y = client.model("mlp").infer(x=_x(3))["y"]
         assert y.shape == (3, tm.N_OUT)
+        # A model asked for later is loaded into the running fallback server on demand.
+        echoed = client.model("echo_fp32").infer(INPUT0=np.arange(3, dtype=np.float32))
+        np.testing.assert_array_equal(echoed["OUTPUT0"], np.arange(3))
         local = client._local_server
         assert local is not None and local.running
     assert not local.running

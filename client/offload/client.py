@@ -191,6 +191,18 @@ class Client:
         return Endpoint(address, tls=self._tls, options=self._options)
 
     def _fetch_info(self, name: str, version: str) -> ModelInfo:
+        try:
+            return self._fetch_info_once(name, version)
+        except ModelNotFoundError:
+            if self._local_server is None:
+                raise
+        # The local fallback server loads models on demand (explicit control mode).
+        log.info("loading model '%s' into the local fallback server", name)
+        self._call("RepositoryModelLoad", _pb().RepositoryModelLoadRequest(model_name=name),
+                   model=name)
+        return self._fetch_info_once(name, version)
+
+    def _fetch_info_once(self, name: str, version: str) -> ModelInfo:
         pb = _pb()
         try:
             metadata = self._call("ModelMetadata",

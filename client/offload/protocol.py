@@ -34,6 +34,8 @@ METHODS = {
     "ModelInfer": (service_pb2.ModelInferRequest, service_pb2.ModelInferResponse),
     "ModelStatistics": (service_pb2.ModelStatisticsRequest, service_pb2.ModelStatisticsResponse),
     "RepositoryIndex": (service_pb2.RepositoryIndexRequest, service_pb2.RepositoryIndexResponse),
+    "RepositoryModelLoad": (service_pb2.RepositoryModelLoadRequest,
+                            service_pb2.RepositoryModelLoadResponse),
     "SystemSharedMemoryRegister": (service_pb2.SystemSharedMemoryRegisterRequest,
                                    service_pb2.SystemSharedMemoryRegisterResponse),
     "SystemSharedMemoryUnregister": (service_pb2.SystemSharedMemoryUnregisterRequest,
