@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,3 +27,62 @@ def test_bench_backends_smoke(tmp_path):
     assert all(r["server_us_per_request"] > 0 for r in served)
     assert (tmp_path / "bench_backends.png").stat().st_size > 10_000
     assert "ratio c2" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def sweep_server(tmp_path_factory):
+    import tiny_models as tm
+
+    from offload_server import LocalServer
+
+    repo = tmp_path_factory.mktemp("sweep-repo")
+    tm.export_onnx_mlp(repo, "mlp", extra="dynamic_batching { }")
+    with LocalServer(repo) as server:
+        yield server
+
+
+def _sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "offload.cli", "perf", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_offload_perf_sweep_writes_csv_json_png(sweep_server, tmp_path):
+    result = _sweep("mlp", "--server", sweep_server.grpc_url, "--concurrency", "1", "2",
+                    "--batch", "1", "4", "--window", "0.2", "--stability", "50",
+                    "--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    import csv
+
+    with open(tmp_path / "mlp.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["Batch"], r["Concurrency"]) for r in rows] == [
+        ("1", "1"), ("1", "2"), ("4", "1"), ("4", "2")]
+    assert all(float(r["Inferences/Second"]) > 0 and float(r["p99 latency"]) > 0 for r in rows)
+    assert all(float(r["Server Compute Infer"]) > 0 for r in rows)
+    record = json.loads((tmp_path / "mlp.json").read_text())
+    assert len(record["points"]) == 4
+    assert (tmp_path / "mlp.png").stat().st_size > 10_000
+
+
+def test_offload_perf_reports_instability_and_keeps_what_it_measured(sweep_server, tmp_path):
+    result = _sweep("mlp", "--server", sweep_server.grpc_url, "--concurrency", "2",
+                    "--window", "0.1", "--stability", "0", "--max-trials", "3",
+                    "--output", str(tmp_path))
+    assert result.returncode == 1
+    assert "did not reach stability within 3 windows" in result.stderr
+    assert (tmp_path / "mlp.csv").read_text().count("\n") == 2  # header + the point
+
+
+def test_offload_perf_bad_targets(sweep_server, tmp_path):
+    unknown = _sweep("nope", "--server", sweep_server.grpc_url, "--output", str(tmp_path))
+    assert unknown.returncode == 1 and "model 'nope'" in unknown.stderr
+    too_big = _sweep("mlp", "--server", sweep_server.grpc_url, "--batch", "5000",
+                     "--output", str(tmp_path))
+    assert too_big.returncode == 1 and "exceed model 'mlp''s max_batch_size 1024" in too_big.stderr
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    dead = _sweep("mlp", "--server", closed, "--timeout", "5", "--output", str(tmp_path))
+    assert dead.returncode == 1 and "unavailable" in dead.stderr

@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("offload.cli_client:models", "", "list the models of a server"),
     "infer": ("offload.cli_client:infer", "", "run a model on the arrays of a .npz file"),
     "stats": ("offload.cli_client:stats", "", "a model's server-side statistics"),
+    "perf": ("offload_perf.sweep", "",
+             "concurrency x batch-size throughput/latency sweep against a server"),
     "serve": ("offload_server.serve_cli", "server",
               "start a real Triton server on this machine with a model repository"),
     "repo": ("offload_server.repo_check", "server",

@@ -1,0 +1,1 @@
+"""Performance tools that stand on the client: `offload perf` sweeps (more to come)."""
