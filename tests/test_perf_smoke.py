@@ -86,3 +86,20 @@ def test_offload_perf_bad_targets(sweep_server, tmp_path):
         closed = f"127.0.0.1:{probe.getsockname()[1]}"
     dead = _sweep("mlp", "--server", closed, "--timeout", "5", "--output", str(tmp_path))
     assert dead.returncode == 1 and "unavailable" in dead.stderr
+
+
+def test_dynamic_batching_comparison_smoke(tmp_path):
+    import tiny_models as tm
+
+    repo = tmp_path / "repo"
+    tm.export_onnx_mlp(repo, "mlp", extra="dynamic_batching { max_queue_delay_microseconds: 500 }")
+    result = subprocess.run([sys.executable, "-m", "offload_perf.batching", "--repository",
+                             str(repo), "--clients", "4", "--window", "0.2", "--stability",
+                             "50", "--output", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads((tmp_path / "out" / "dynamic_batching.json").read_text())
+    assert row["model"] == "mlp" and row["ratio"] > 0
+    assert row["batched"]["throughput"] > 0 and row["unbatched"]["throughput"] > 0
+    assert row["unbatched"]["mean_batch"] == 1.0  # without the batcher nothing is merged
+    assert "ratio" in result.stdout

@@ -1,0 +1,97 @@
+"""What dynamic batching buys: N concurrent batch-1 clients against each model served with
+its dynamic batcher and with the batcher removed, side by side on one server.
+
+    python -m offload_perf.batching --clients 16              # every model of the repository
+    python -m offload_perf.batching --model jet_tagger --window 0.5
+
+The second variant of each model is generated into a temporary repository (config copied,
+`dynamic_batching { … }` removed, name suffixed `_nobatch`); both are served by one
+embedded server and measured with the same stable-window method as `offload perf`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import offload
+from offload_perf.sweep import generated_inputs, measure
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+_BATCHER = re.compile(r"dynamic_batching\s*\{[^}]*\}")
+
+
+def variants(repository: Path, models: list[str], target: Path) -> None:
+    """Copy each model, and a copy without dynamic batching, into `target`."""
+    for name in models:
+        source = repository / name
+        config = (source / "config.pbtxt").read_text()
+        if not _BATCHER.search(config):
+            raise offload.ModelRepositoryError(
+                f"model '{name}' has no dynamic_batching block: nothing to compare")
+        shutil.copytree(source, target / name)
+        plain = target / f"{name}_nobatch"
+        shutil.copytree(source, plain)
+        text = _BATCHER.sub("", config).replace(f'name: "{name}"', f'name: "{name}_nobatch"')
+        (plain / "config.pbtxt").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from offload_server import LocalServer
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--model", action="append", help="default: every model")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--window", type=float, default=1.0)
+    parser.add_argument("--stability", type=float, default=10.0)
+    parser.add_argument("--max-trials", type=int, default=8)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    models = args.model or sorted(p.name for p in args.repository.iterdir()
+                                  if (p / "config.pbtxt").is_file())
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        variants(args.repository, models, Path(scratch))
+        with LocalServer(scratch) as server, offload.Client(server.grpc_url) as client:
+            for name in models:
+                row = {"model": name, "clients": args.clients}
+                for variant in (name, f"{name}_nobatch"):
+                    model = client.model(variant)
+                    inputs = generated_inputs(model, 1)
+                    before = model.server_stats()[0]
+                    point = measure(model, inputs, 1, args.clients, window=args.window,
+                                    stability=args.stability, max_trials=args.max_trials)
+                    after = model.server_stats()[0]
+                    executions = after.executions - before.executions
+                    key = "batched" if variant == name else "unbatched"
+                    row[key] = {"throughput": point.throughput, "p50_us": point.p50_us,
+                                "p99_us": point.p99_us, "stable": point.stable,
+                                "mean_batch": (after.inferences - before.inferences)
+                                / max(executions, 1)}
+                row["ratio"] = row["batched"]["throughput"] / row["unbatched"]["throughput"]
+                rows.append(row)
+                print(f"{name}: {args.clients} clients at batch 1: "
+                      f"{row['batched']['throughput']:,.0f} inf/s with dynamic batching "
+                      f"(mean batch {row['batched']['mean_batch']:.1f}, p99 "
+                      f"{row['batched']['p99_us'] / 1e3:.1f} ms) vs "
+                      f"{row['unbatched']['throughput']:,.0f} without (p99 "
+                      f"{row['unbatched']['p99_us'] / 1e3:.1f} ms): ratio {row['ratio']:.2f}",
+                      flush=True)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "dynamic_batching.json").write_text(json.dumps(rows, indent=2))
+    unstable = [r["model"] for r in rows for k in ("batched", "unbatched") if not r[k]["stable"]]
+    if unstable:
+        print(f"not stable within {args.max_trials} windows: {sorted(set(unstable))}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
