@@ -103,3 +103,21 @@ def test_dynamic_batching_comparison_smoke(tmp_path):
     assert row["batched"]["throughput"] > 0 and row["unbatched"]["throughput"] > 0
     assert row["unbatched"]["mean_batch"] == 1.0  # without the batcher nothing is merged
     assert "ratio" in result.stdout
+
+
+def test_service_efficiency_smoke(tmp_path):
+    import tiny_models as tm
+
+    repo = tmp_path / "repo"
+    tm.export_onnx_mlp(repo, "mlp", config_body=tm.mlp_config("onnxruntime", "x", "y",
+                                                               max_batch_size=16))
+    result = subprocess.run([sys.executable, "-m", "offload_perf.service", "--repository",
+                             str(repo), "--window", "0.2", "--stability", "60",
+                             "--output", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "out" / "service_efficiency.json").read_text())
+    assert [(r["model"], r["batch"]) for r in rows] == [("mlp", 1), ("mlp", 16)]
+    for row in rows:
+        assert row["in_process"] > 0 and row["served_c1"] > 0 and row["served_c4"] > 0
+        assert row["ratio_c1"] == row["served_c1"] / row["in_process"]
