@@ -10,13 +10,14 @@ PYTEST_ARGS ?=
 # `make models QUICK=1`: a smoke run into build/models-quick/, leaving model_repository/ alone
 QUICK ?=
 
-.PHONY: help venv serve test lint repo-check bench models clean
+.PHONY: help venv serve test lint repo-check bench perf models clean
 
 help:
 	@echo "make serve   start a real Triton server on this machine with $(REPO)/"
 	@echo "make test    lint, check the model repository and run the test suite"
 	@echo "make bench   served vs in-process throughput per CPU backend (perf/)"
 	@echo "make models  regenerate data, train and export the models (QUICK=1: smoke run)"
+	@echo "make perf    sweeps, as-a-service and dynamic-batching figures (QUICK=1: smoke run)"
 	@echo "make clean   remove the virtual environment and caches"
 
 # One virtual environment; a stamp per extra records what it holds. Stamps are newer than
@@ -45,6 +46,9 @@ test: $(VENV)/.stamp-server,train,dev lint repo-check
 
 models: $(VENV)/.stamp-server,train,dev
 	$(VENV)/bin/offload train $(if $(QUICK),--quick)
+
+perf: $(VENV)/.stamp-server,train,dev
+	$(PY) -m offload_perf.run_all $(if $(QUICK),--quick)
 
 bench: $(VENV)/.stamp-server,train,dev
 	$(PY) perf/bench_backends.py

@@ -121,3 +121,16 @@ def test_service_efficiency_smoke(tmp_path):
     for row in rows:
         assert row["in_process"] > 0 and row["served_c1"] > 0 and row["served_c4"] > 0
         assert row["ratio_c1"] == row["served_c1"] / row["in_process"]
+
+
+@pytest.mark.slow
+def test_make_perf_quick_runs_end_to_end(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "offload_perf.run_all", "--quick",
+                             "--output", str(tmp_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode in (0, 1), result.stderr  # 1: a point flagged unstable
+    assert "== done" in result.stdout, result.stdout + result.stderr
+    for model in ("jet_tagger", "jet_energy_regression", "calo_shower_generator"):
+        assert (tmp_path / "sweeps" / f"{model}.csv").is_file()
+    for name in ("service_efficiency.json", "dynamic_batching.json"):
+        assert json.loads((tmp_path / name).read_text())
