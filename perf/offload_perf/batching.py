@@ -11,7 +11,6 @@ embedded server and measured with the same stable-window method as `offload perf
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -20,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 import offload
+from offload_perf.options import models_of, repository_parser
 from offload_perf.sweep import generated_inputs, measure
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 _BATCHER = re.compile(r"dynamic_batching\s*\{[^}]*\}")
 
 
@@ -44,17 +43,10 @@ def variants(repository: Path, models: list[str], target: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from offload_server import LocalServer
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--model", action="append", help="default: every model")
+    parser = repository_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--window", type=float, default=1.0)
-    parser.add_argument("--stability", type=float, default=10.0)
-    parser.add_argument("--max-trials", type=int, default=8)
-    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    models = args.model or sorted(p.name for p in args.repository.iterdir()
-                                  if (p / "config.pbtxt").is_file())
+    models = models_of(args.repository, args.model)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         variants(args.repository, models, Path(scratch))

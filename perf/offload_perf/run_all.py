@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from offload_perf import batching, service, sweep
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from offload_perf.options import RESULTS, models_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     window, trials = ("0.2", "3") if args.quick else ("1", "8")
     stability = "50" if args.quick else "10"
     common = ["--window", window, "--max-trials", trials, "--stability", stability]
-    models = sorted(p.name for p in args.repository.iterdir() if (p / "config.pbtxt").is_file())
+    models = models_of(args.repository)
     failures = 0
     with LocalServer(args.repository) as server:
         for name in models:

@@ -11,17 +11,14 @@ the stable-window method of `offload perf`; the ratio is served / in-process.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
 import offload
+from offload_perf.options import models_of, repository_parser
 from offload_perf.sweep import generated_inputs, measure
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 class _InProcess:
@@ -41,16 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from offload_server import LocalServer
     from offload_server.backends import load_in_process
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--model", action="append", help="default: every model")
-    parser.add_argument("--window", type=float, default=1.0)
-    parser.add_argument("--stability", type=float, default=10.0)
-    parser.add_argument("--max-trials", type=int, default=8)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    names = args.model or sorted(p.name for p in args.repository.iterdir()
-                                 if (p / "config.pbtxt").is_file())
+    args = repository_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    names = models_of(args.repository, args.model)
     rows, unstable = [], []
     settings = {"window": args.window, "stability": args.stability,
                 "max_trials": args.max_trials}
