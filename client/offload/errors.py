@@ -77,6 +77,11 @@ class ServerInferenceError(InferenceError):
     """The server accepted the request but the model failed on it (not retried)."""
 
 
+class ProtocolError(InferenceError):
+    """A response could not be decoded: a malformed message or tensor (e.g. a BYTES
+    tensor whose length prefixes overrun it). Not retried: the server answered."""
+
+
 class AuthenticationError(InferenceError, PermissionError):
     """The server (or a proxy in front of it) refused the credentials: a missing or wrong
     token or header. Not retried."""

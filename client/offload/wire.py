@@ -55,12 +55,17 @@ def request_head(model_name: str, model_version: str,
     return b"".join(parts)
 
 
+def raw_prefix(length: int) -> bytes:
+    """The tag and length that precede one raw_input_contents entry of `length` bytes."""
+    return _RAW_TAG + varint(length)
+
+
 def request_bytes(head: bytes, tensors: Sequence[bytes | memoryview]) -> bytes:
     """The serialised request: `head` (the message without raw_input_contents, already
     serialised) followed by one raw_input_contents field per tensor, in input order."""
     parts: list[bytes | memoryview] = [head]
     for data in tensors:
-        parts += [_RAW_TAG, varint(len(data) if isinstance(data, bytes) else data.nbytes), data]
+        parts += [raw_prefix(len(data) if isinstance(data, bytes) else data.nbytes), data]
     return b"".join(parts)
 
 
