@@ -20,15 +20,20 @@ def add_server_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"Triton gRPC endpoint (repeatable; default: ${SERVERS_VARIABLE}, "
                              "else 127.0.0.1:8001)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    parser.add_argument("--tls-ca", metavar="PEM",
+                        help="use TLS, trusting this CA bundle (the token, if any, comes from "
+                             "$OFFLOAD_TOKEN)")
 
 
 def _client(args: argparse.Namespace):
     import os
 
     from offload.client import Client
+    from offload.endpoints import TLS
 
     servers = args.servers or os.environ.get(SERVERS_VARIABLE) or "127.0.0.1:8001"
-    return Client(servers, timeout=args.timeout)
+    tls = TLS(root_certificates=args.tls_ca) if args.tls_ca else None
+    return Client(servers, timeout=args.timeout, tls=tls)
 
 
 # ------------------------------------------------------------------ models

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,15 @@ import grpc
 import numpy as np
 
 from offload import tensors
-from offload.endpoints import TLS, Backoff, Endpoint, EndpointPool, parse_servers
+from offload.endpoints import (
+    TLS,
+    TOKEN_HEADER,
+    TOKEN_VARIABLE,
+    Backoff,
+    Endpoint,
+    EndpointPool,
+    parse_servers,
+)
 from offload.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -55,7 +64,10 @@ class Client:
             OFFLOAD_SERVERS environment variable.
         timeout: overall deadline of one call in seconds, retries included.
         retries: how many times a request is sent again after UNAVAILABLE or a full queue.
-        token: bearer token sent as `authorization: Bearer …` (for an auth proxy).
+        token: a secret sent with every call, as `authorization: Bearer …` (for the JWT
+            proxy of a Kubernetes deployment) and as `triton-grpc-protocol-offload-token`
+            (for `offload serve --token-file`, Triton's restricted protocol); default: the
+            OFFLOAD_TOKEN environment variable. Never logged nor put in error messages.
         headers: further gRPC metadata sent with every call.
         tls: a :class:`TLS` to use TLS (root certificates, optional client certificate).
         compression: "gzip" or "deflate" for requests (None: off).
@@ -101,8 +113,10 @@ class Client:
             self._options += [("grpc.keepalive_time_ms", int(keepalive * 1000)),
                               ("grpc.keepalive_timeout_ms", 20_000)]
         metadata = dict(headers or {})
+        token = token if token is not None else os.environ.get(TOKEN_VARIABLE) or None
         if token:
             metadata["authorization"] = f"Bearer {token}"
+            metadata.setdefault(TOKEN_HEADER, token)
         self._metadata = tuple((k.lower(), v) for k, v in metadata.items()) or None
         self._pool = EndpointPool([self._endpoint(a) for a in addresses])
         self._models: dict[tuple[str, str], Model] = {}
@@ -370,9 +384,19 @@ class _Attempts:
             raise self._final(protocol.translate(error, model=self.model,  # type: ignore[arg-type]
                                                  server=endpoint.address))
         busy = protocol.overloaded(code, details or "")
-        unavailable = code == grpc.StatusCode.UNAVAILABLE and not busy
-        endpoint.ended(None, failed=unavailable)  # a full queue is no sign of a dead server
+        missing = protocol.model_missing(code, details or "")
+        unavailable = code == grpc.StatusCode.UNAVAILABLE and not busy and not missing
+        # A full queue or an unloaded model is no sign of a dead server; a server that lets
+        # deadlines pass (stalled, or far too slow) is, so its breaker opens after a few and
+        # new requests go to the others.
+        endpoint.ended(None, failed=unavailable or code == grpc.StatusCode.DEADLINE_EXCEEDED)
         self.last_error = error if isinstance(error, grpc.RpcError) else None
+        if missing:
+            # This server lacks the model (e.g. mid-update): another one may have it. Each
+            # server is asked once; then the caller gets ModelNotFoundError.
+            self.failed_on.add(endpoint.address)
+            if any(e.address not in self.failed_on for e in self.client._pool.endpoints):
+                return 0.0
         if busy:
             self.failed_on.add(endpoint.address)  # another server, if there is one
         if unavailable:

@@ -82,6 +82,14 @@ def _as_is(payload: bytes) -> bytes:
     return payload
 
 
+def model_missing(code: grpc.StatusCode | None, details: str) -> bool:
+    """Whether the server says it has no such model (or version), or it is not ready."""
+    return code == grpc.StatusCode.NOT_FOUND or (
+        code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
+        and ("unknown model" in details or "is not found" in details
+             or "not ready" in details or "has no available versions" in details))
+
+
 def translate(error: grpc.RpcError, *, model: str | None, server: str) -> InferenceError:
     """An offload exception for a failed call, saying what the server said."""
     code = error.code() if hasattr(error, "code") else None
@@ -94,6 +102,8 @@ def translate(error: grpc.RpcError, *, model: str | None, server: str) -> Infere
         return ServerOverloadedError(f"{where}: the server's queue is full ({details}); "
                                      "retries ran out: send less, or add servers",
                                      model=model)
+    if model_missing(code, details):
+        return ModelNotFoundError(f"{where}: {details}", model=model)
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailableError(f"{server} is unavailable: {details}", model=model)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -101,11 +111,6 @@ def translate(error: grpc.RpcError, *, model: str | None, server: str) -> Infere
                                      model=model)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return MessageTooLargeError(f"{where}: {details}", model=model)
-    if code == grpc.StatusCode.NOT_FOUND or (
-            code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
-            and ("unknown model" in details or "is not found" in details
-                 or "not ready" in details)):
-        return ModelNotFoundError(f"{where}: {details}", model=model)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInputError(f"{where} refused the request: {details}", model=model)
     return ServerInferenceError(f"{where} failed ({code.name if code else 'error'}): {details}",

@@ -4,6 +4,6 @@ Stands apart from the thin client (it may import it, never the reverse except th
 client's lazy, optional local fallback).
 """
 
-from offload_server.local_server import LocalServer, ModelStatus
+from offload_server.local_server import LocalServer, ModelStatus, ServerTLS
 
-__all__ = ["LocalServer", "ModelStatus"]
+__all__ = ["LocalServer", "ModelStatus", "ServerTLS"]

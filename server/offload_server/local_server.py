@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.endpoints import TOKEN_KEY
 from offload.errors import ModelRepositoryError, PortInUseError, ServerStartError
 from offload_server.triton_install import assemble_backends, find_triton
 
@@ -59,6 +60,21 @@ class ModelStatus:
     reason: str = ""
 
 
+#: What `token=` protects: every protocol but health, which probes need without a token.
+RESTRICTED = ("metadata,inference,shared-memory,model-config,model-repository,statistics,"
+              "trace,logging")
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """TLS on the gRPC port: the server's certificate and key (PEM files), and optionally
+    the CA whose client certificates are required (mutual TLS)."""
+
+    certificate: str | os.PathLike[str]
+    private_key: str | os.PathLike[str]
+    client_ca: str | os.PathLike[str] | None = None
+
+
 class LocalServer:
     """A `tritonserver` child process serving a model repository on this machine.
 
@@ -83,6 +99,8 @@ class LocalServer:
         exit_timeout: int = 5,
         startup_timeout: float = 300.0,
         extra_args: Sequence[str] = (),
+        token: str | None = None,
+        tls: ServerTLS | None = None,
         on_status: Callable[[str], None] | None = None,
         on_log_line: Callable[[str], None] | None = None,
     ) -> None:
@@ -104,6 +122,8 @@ class LocalServer:
         self.exit_timeout = exit_timeout
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args)
+        self._token = token or None
+        self.tls = tls
         self._on_status = on_status
         self._on_log_line = on_log_line
         self._process: subprocess.Popen[bytes] | None = None
@@ -178,7 +198,7 @@ class LocalServer:
         backends = assemble_backends(install, self._workdir / "backends")
         self._log_file = self._workdir / "tritonserver.log"
         command = [str(install.binary), *self._arguments(backends)]
-        log.info("starting %s", " ".join(command))
+        log.info("starting %s", self._redact(" ".join(command)))
         self._process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -282,7 +302,20 @@ class LocalServer:
         if not self.auto_complete_config:
             args.append("--disable-auto-complete-config")
         args += [f"--load-model={name}" for name in self.models_requested or ()]
+        if self._token:
+            # Everything but health (probes stay open) needs the header; Triton compares
+            # it with this value. See README "Guarantees" on where the value is visible.
+            args += [f"--grpc-restricted-protocol={RESTRICTED}:{TOKEN_KEY}={self._token}",
+                     f"--http-restricted-api={RESTRICTED}:{TOKEN_KEY}={self._token}"]
+        if self.tls is not None:
+            args += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls.certificate}",
+                     f"--grpc-server-key={self.tls.private_key}"]
+            if self.tls.client_ca is not None:
+                args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.tls.client_ca}"]
         return args + self.extra_args
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
 
     def _environment(self, library_dirs: list[Path]) -> dict[str, str]:
         env = dict(os.environ)
@@ -382,7 +415,9 @@ class LocalServer:
 
     def _http_json(self, method: str, path: str) -> list | dict:
         request = urllib.request.Request(f"{self.http_url}{path}", method=method,
-                                         data=b"{}" if method == "POST" else None)
+                                         data=b"{}" if method == "POST" else None,
+                                         headers={TOKEN_KEY: self._token} if self._token
+                                         else {})
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 

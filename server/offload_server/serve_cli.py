@@ -12,11 +12,12 @@ import re
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from offload_server.local_server import CONTROL_MODES, LocalServer
+from offload_server.local_server import CONTROL_MODES, LocalServer, ServerTLS
 
 _WARNING_OR_ERROR = re.compile(r"^[EW]\d{4} ")
 
@@ -40,12 +41,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--startup-timeout", type=float, default=300.0, metavar="SECONDS")
     parser.add_argument("--exit-timeout", type=int, default=5, metavar="SECONDS",
                         help="how long Triton may drain in-flight requests when stopping")
+    protection = parser.add_argument_group(
+        "protection", "a token for every request but health checks, and TLS on gRPC")
+    protection.add_argument("--token-file", metavar="PATH",
+                            help="require the token in this file (clients: token= or "
+                                 "OFFLOAD_TOKEN); kept off the command line and the logs")
+    protection.add_argument("--tls-cert", metavar="PEM", help="server certificate (gRPC TLS)")
+    protection.add_argument("--tls-key", metavar="PEM", help="server private key")
+    protection.add_argument("--tls-client-ca", metavar="PEM",
+                            help="require client certificates signed by this CA (mutual TLS)")
     parser.add_argument("triton_args", nargs=argparse.REMAINDER,
                         help="after --: further tritonserver flags, passed through unchanged")
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False)
+    try:
+        token, tls = _protection(args)
+    except ValueError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        return 2
     passthrough = [a for a in args.triton_args if a != "--"]
     ready = threading.Event()  # serving: Triton's warnings and errors are echoed
     started = threading.Event()  # start() returned: a signal now means "stop cleanly"
@@ -72,12 +87,17 @@ def run(args: argparse.Namespace) -> int:
             model_control_mode=args.model_control_mode, log_verbose=args.log_verbose,
             auto_complete_config=args.auto_complete_config, exit_timeout=args.exit_timeout,
             startup_timeout=args.startup_timeout, extra_args=passthrough, on_log_line=echo,
+            token=token, tls=tls,
             on_status=status.update,
         ).start()
         started.set()
     try:
         console.print(f"[bold green]tritonserver ready[/] (pid {server.pid}, "
                       f"model repository {server.repository})")
+        if token or tls:
+            console.print("  protected: " + ", ".join(
+                ([f"token from {args.token_file}"] if token else [])
+                + (["mutual TLS" if tls.client_ca else "TLS"] if tls else [])))
         console.print(f"  gRPC     {server.grpc_url}\n  HTTP     {server.http_url}\n"
                       f"  metrics  {server.metrics_url}\n  log      {server.log_file}")
         console.print(model_table(server))
@@ -94,6 +114,30 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
     console.print("stopped.")
     return 0
+
+
+def _protection(args: argparse.Namespace) -> tuple[str | None, ServerTLS | None]:
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as error:
+            raise ValueError(f"cannot read --token-file {args.token_file}: "
+                             f"{error.strerror}") from None
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty")
+        if any(c in token for c in ",:= \t\n"):
+            raise ValueError(f"the token in {args.token_file} may not contain ',', ':', '=' "
+                             "or whitespace (Triton's flag syntax)")
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+            if path and not Path(path).is_file():
+                raise ValueError(f"{path}: no such file")
+        tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
+    return token, tls
 
 
 def model_table(server: LocalServer) -> Table:
