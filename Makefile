@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # `make models QUICK=1`: a smoke run into build/models-quick/, leaving model_repository/ alone
 QUICK ?=
 
-.PHONY: help venv serve test lint repo-check bench perf models clean
+.PHONY: help venv serve test lint repo-check bench perf load models deploy undeploy clean
 
 help:
 	@echo "make serve   start a real Triton server on this machine with $(REPO)/"
@@ -18,6 +18,9 @@ help:
 	@echo "make bench   served vs in-process throughput per CPU backend (perf/)"
 	@echo "make models  regenerate data, train and export the models (QUICK=1: smoke run)"
 	@echo "make perf    sweeps, as-a-service and dynamic-batching figures (QUICK=1: smoke run)"
+	@echo "make load    locust, headless, on the embedded server (LOAD_HOST=host:port: a running one)"
+	@echo "make deploy  deploy on the current kubectl context (OVERLAY=gpu|cpu|dev, NAMESPACE=..., DRY_RUN=1: plan only)"
+	@echo "make undeploy  remove that deployment (NAMESPACE=...)"
 	@echo "make clean   remove the virtual environment and caches"
 
 # One virtual environment; a stamp per extra records what it holds. Stamps are newer than
@@ -50,8 +53,24 @@ models: $(VENV)/.stamp-server,train,dev
 perf: $(VENV)/.stamp-server,train,dev
 	$(PY) -m offload_perf.run_all $(if $(QUICK),--quick)
 
+# `make load LOAD_HOST=gpu1:8001 LOAD_ARGS="--users 64 --run-time 5m --shape spike"`
+LOAD_HOST ?=
+LOAD_ARGS ?=
+load: $(VENV)/.stamp-server,train,dev
+	$(PY) -m offload_perf.load $(if $(LOAD_HOST),--host $(LOAD_HOST)) $(LOAD_ARGS)
+
 bench: $(VENV)/.stamp-server,train,dev
 	$(PY) perf/bench_backends.py
+
+# Kubernetes (k8s/README.md): render the overlay, apply it server-side, upload $(REPO).
+OVERLAY   ?= gpu
+NAMESPACE ?= offload
+DRY_RUN   ?=
+deploy: $(VENV)/.stamp-k8s
+	$(VENV)/bin/offload deploy --overlay $(OVERLAY) --namespace $(NAMESPACE) --repository $(REPO) $(if $(DRY_RUN),--dry-run)
+
+undeploy: $(VENV)/.stamp-k8s
+	$(VENV)/bin/offload undeploy --namespace $(NAMESPACE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info client/*.egg-info

@@ -22,12 +22,18 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "stats": ("offload.cli_client:stats", "", "a model's server-side statistics"),
     "perf": ("offload_perf.sweep", "",
              "concurrency x batch-size throughput/latency sweep against a server"),
+    "gridsim": ("offload_perf.gridsim", "",
+                "grid-job simulator: K event-loop workers, inference in-process vs offloaded"),
     "serve": ("offload_server.serve_cli", "server",
               "start a real Triton server on this machine with a model repository"),
     "repo": ("offload_server.repo_check", "server",
              "check a model repository against its artifacts (`offload repo check`)"),
     "train": ("offload_training.cli", "train",
               "regenerate data, train and export the physics models (`make models`)"),
+    "deploy": ("offload_deploy.cli", "k8s",
+               "deploy on Kubernetes (`make deploy`); `offload deploy status`"),
+    "undeploy": ("offload_deploy.cli:undeploy", "k8s",
+                 "remove a Kubernetes deployment (`make undeploy`)"),
 }
 
 
