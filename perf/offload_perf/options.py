@@ -24,3 +24,43 @@ def models_of(repository: Path, chosen: list[str] | None = None) -> list[str]:
     """The chosen models, or every model folder (one with a config.pbtxt) of the repository."""
     return chosen or sorted(p.name for p in repository.iterdir()
                             if (p / "config.pbtxt").is_file())
+
+
+def machine() -> dict[str, str]:
+    """What a measurement ran on: host, CPU model, cores, GPU (if nvidia-smi names one), and
+    the versions that shape the figures. Recorded with every result file."""
+    import contextlib
+    import os
+    import platform
+    import shutil
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = "none"
+    if shutil.which("nvidia-smi"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip() or gpu
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    memory = "unknown"
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
+        memory = f"{kib / 2**20:.0f} GiB"
+    return {"host": platform.node(), "cpu": cpu, "cores": str(os.cpu_count()),
+            "memory": memory, "gpu": gpu, "python": platform.python_version(),
+            **{name: installed(name) for name in ("onnxruntime", "tensorflow", "torch",
+                                                  "grpcio", "nvidia-pytriton", "locust")}}

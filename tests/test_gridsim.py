@@ -1,0 +1,91 @@
+"""The grid-job simulator (perf/offload_perf/gridsim.py) runs end to end, tiny settings."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("jet_tagger", "jet_energy_regression")
+
+
+@pytest.fixture(scope="module")
+def jet_server():
+    from offload_server import LocalServer
+
+    with LocalServer(ROOT / "model_repository", models=list(MODELS)) as server:
+        yield server
+
+
+def _gridsim(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "offload_perf.gridsim", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_gridsim_both_modes_against_a_server(jet_server, tmp_path):
+    result = _gridsim("--server", jet_server.grpc_url, "--workers", "1,2", "--duration", "1.5",
+                      "--warmup", "0.3", "--cpu-ms", "1", "--output", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "gridsim.json").read_text())
+    assert record["complete"] and record["error"] is None
+    assert record["machine"]["cores"] and record["machine"]["cpu"]
+    assert record["server"] == jet_server.grpc_url
+    rows = {(r["workers"], r["mode"]): r for r in record["rows"]}
+    assert set(rows) == {(k, m) for k in (1, 2) for m in ("in_process", "offloaded")}
+    for (k, _mode), row in rows.items():
+        assert row["events_per_second"] > 0 and len(row["per_worker"]) == k
+        assert all(rate > 0 for rate in row["per_worker"])
+        # the busy work is CPU time: at least the 1 ms asked for, per event
+        assert row["reco_ms_per_event"] >= 1.0
+        assert row["inference_ms_per_event"] > 0
+    for k in (1, 2):
+        served = rows[k, "offloaded"]
+        assert set(served["server"]) == set(MODELS)
+        for stats in served["server"].values():
+            # every event's request reached the server within the window (+ nothing else;
+            # Triton may count a worker's last response a moment after it arrived)
+            assert served["events"] - k <= stats["requests"] <= served["events"]
+            assert stats["queue_us_per_request"] >= 0 and stats["compute_us_per_request"] > 0
+    assert [r["workers"] for r in record["ratios"]] == [1, 2]
+    assert all(r["offloaded_over_in_process"] > 0 for r in record["ratios"])
+    assert record["ratios"][0]["in_process_scaling"] == pytest.approx(1.0)
+    assert record["ratios"][1]["offloaded_scaling"] > 0
+    saturation = record["saturation"]
+    assert saturation["baseline_queue_us"] == rows[1, "offloaded"]["queue_us_per_request"]
+    assert saturation["sustained_workers"] in (1, 2)
+    assert (tmp_path / "gridsim.png").stat().st_size > 10_000
+    assert "offloaded / in-process" in result.stdout
+
+
+def test_gridsim_unreachable_server_fails_clearly(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    result = _gridsim("--server", closed, "--modes", "offloaded", "--workers", "1",
+                      "--timeout", "3", "--output", str(tmp_path), timeout=120)
+    assert result.returncode == 1
+    assert f"cannot reach the server at {closed}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "gridsim.json").exists()  # nothing was measured
+
+
+def test_gridsim_unknown_model_fails_clearly(tmp_path):
+    result = _gridsim("--models", "jet_tagger,nope", "--output", str(tmp_path), timeout=60)
+    assert result.returncode == 1
+    assert "unknown model(s) ['nope']" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gridsim_is_an_offload_subcommand():
+    result = subprocess.run([sys.executable, "-m", "offload.cli", "gridsim", "--help"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--workers" in result.stdout and "--server" in result.stdout
