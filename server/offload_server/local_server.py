@@ -436,7 +436,11 @@ def _project_modules() -> list:
 
 
 def _port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on the port. SO_REUSEADDR, as gRPC's own listener sets it:
+    connections of a server that just died (TIME_WAIT) do not hold the port, so a server
+    restarted on its old port starts; a live listener still refuses the bind."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

@@ -1,0 +1,181 @@
+"""Faults with the real server: kill -9 and restart, a stalled server (SIGSTOP), a model
+unloaded mid-run, a full queue with no retries left. Each run keeps a ledger: every
+submitted inference gets exactly one result (checked against the model run in this process)
+or one offload exception, in submission order, and the exceptions are the documented ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny_models as tm
+
+import offload
+from offload_server import LocalServer
+
+N = tm.N_FEATURES
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("faults-repo")
+    tm.export_onnx_mlp(repo, "mlp", extra="dynamic_batching { max_queue_delay_microseconds: 500 }")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory):
+    return tm.export_onnx_mlp(tmp_path_factory.mktemp("faults-reference"), "mlp")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_ledger(model: offload.Model, n_requests: int, *, in_flight: int = 8,
+               events: dict[int, Callable[[], None]] | None = None, reference=None,
+               timeout: float | None = None) -> list[tuple[int, BaseException | None]]:
+    """Submit n_requests (at most in_flight at once), running events[i] just before request
+    i; return (index, exception or None) for every request, in order. Results are checked
+    against `reference` where one is given."""
+    events = events or {}
+    slots = threading.BoundedSemaphore(in_flight)
+    ledger = []
+    for index in range(n_requests):
+        if index in events:
+            events[index]()
+        x = np.full((1 + index % 3, N), (index % 97) / 97, np.float32)
+        slots.acquire()
+        future = model.submit(x=x, timeout=timeout)
+        future.add_done_callback(lambda _: slots.release())
+        ledger.append((index, x, future))
+    outcomes = []
+    for index, x, future in ledger:
+        error = future.exception(timeout=120)  # every entry finishes: none is dropped
+        if error is None and reference is not None:
+            np.testing.assert_allclose(future.result()["y"], reference(x)["y"], rtol=1e-5,
+                                       atol=1e-5, err_msg=f"request {index}")
+        outcomes.append((index, error))
+    assert [index for index, _ in outcomes] == list(range(n_requests))
+    return outcomes
+
+
+@pytest.mark.slow
+def test_kill_9_and_restart_on_the_same_port_loses_nothing(repo, reference):
+    port = _free_port()
+    first = LocalServer(repo, grpc_port=port).start()
+    replacement: list[LocalServer] = []
+
+    def crash_and_restart() -> None:
+        os.killpg(first.pid, signal.SIGKILL)  # no goodbye: a crashed node
+        first.stop()  # reaps it; nothing left to stop
+        threading.Thread(target=lambda: replacement.append(
+            LocalServer(repo, grpc_port=port).start()), daemon=True).start()
+
+    try:
+        with offload.Client(f"127.0.0.1:{port}", retries=40, timeout=45,
+                            backoff=offload.Backoff(base=0.05, cap=0.5)) as client:
+            model = client.model("mlp")
+            outcomes = run_ledger(model, 300, events={100: crash_and_restart},
+                                  reference=reference)
+            stats = model.stats()
+    finally:
+        first.stop()
+        for server in replacement:
+            server.stop()
+    assert replacement, "the replacement server never started"
+    failed = [(index, error) for index, error in outcomes if error is not None]
+    assert failed == [], f"{len(failed)} requests lost across the restart: {failed[:3]}"
+    assert stats.retries > 0, "no request met the dead server: the test proved nothing"
+    assert stats.calls == 300 and stats.failures == 0
+
+
+@pytest.mark.slow
+def test_stalled_server_gives_deadlines_then_recovers(repo, reference):
+    with LocalServer(repo) as server, offload.Client(server.grpc_url, timeout=30) as client:
+        model = client.model("mlp")
+        os.killpg(server.pid, signal.SIGSTOP)  # alive, connected, silent
+        try:
+            started = time.monotonic()
+            outcomes = run_ledger(model, 12, in_flight=4, timeout=1.0)
+            elapsed = time.monotonic() - started
+        finally:
+            os.killpg(server.pid, signal.SIGCONT)
+        kinds = {type(error) for _, error in outcomes}
+        assert kinds == {offload.DeadlineExceededError}, kinds
+        assert all("model 'mlp'" in str(error) for _, error in outcomes)
+        assert elapsed < 12, f"12 calls of 1 s deadline, 4 at a time, took {elapsed:.1f} s"
+        x = np.ones((2, N), np.float32)  # woken up: served again
+        np.testing.assert_allclose(model.infer(x=x)["y"], reference(x)["y"], rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.slow
+def test_stalled_server_among_two_is_avoided(repo, reference):
+    with LocalServer(repo) as stalled, LocalServer(repo) as healthy, \
+            offload.Client([stalled.grpc_url, healthy.grpc_url], retries=4) as client:
+        model = client.model("mlp")
+        os.killpg(stalled.pid, signal.SIGSTOP)
+        try:
+            outcomes = run_ledger(model, 120, in_flight=4, timeout=1.5, reference=reference)
+        finally:
+            os.killpg(stalled.pid, signal.SIGCONT)
+    errors = [(index, error) for index, error in outcomes if error is not None]
+    assert all(isinstance(e, offload.DeadlineExceededError) for _, e in errors), errors
+    # Only requests sent before the stalled server's breaker opened can be caught there:
+    # a few, at the start; everything later goes to the healthy one.
+    assert len(errors) <= 8, f"{len(errors)} deadlines: the stalled server was not avoided"
+    assert all(index < 40 for index, _ in errors), errors
+
+
+@pytest.mark.slow
+def test_model_unloaded_mid_run(repo, reference):
+    import tritonclient.grpc as grpcclient
+
+    with LocalServer(repo, models=["mlp"]) as server, \
+            offload.Client(server.grpc_url, retries=2) as client:
+        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        model = client.model("mlp")
+        outcomes = run_ledger(model, 150, in_flight=4, reference=reference,
+                              events={60: lambda: admin.unload_model("mlp")})
+        first_missing = next(i for i, e in outcomes if e is not None)
+        assert 60 - 4 <= first_missing <= 60 + 4  # those in flight at the unload may finish
+        after = outcomes[first_missing:]
+        assert all(isinstance(e, offload.ModelNotFoundError) for _, e in after), after[:3]
+        assert "model 'mlp'" in str(after[0][1])
+        assert model.stats().retries == 0  # an unloaded model is not a dead server
+        admin.load_model("mlp")  # back: served again through the same handle
+        x = np.ones((1, N), np.float32)
+        np.testing.assert_allclose(model.infer(x=x)["y"], reference(x)["y"], rtol=1e-5,
+                                   atol=1e-5)
+        admin.close()
+
+
+def test_full_queue_without_retries_left_is_an_overload_error_for_each_refused(tmp_path):
+    tm.export_echo(tmp_path, "queue_of_two", "TYPE_FP32", max_batch_size=4, dims=(4,),
+                   sleep_s=0.2,
+                   extra="dynamic_batching { default_queue_policy { max_queue_size: 2 } }")
+    with LocalServer(tmp_path) as server, \
+            offload.Client(server.grpc_url, retries=0, timeout=30) as client:
+        model = client.model("queue_of_two")
+        futures = [model.submit(INPUT0=np.full((1, 4), i, np.float32)) for i in range(12)]
+        outcomes = [(i, f.exception(timeout=60)) for i, f in enumerate(futures)]
+        served = [i for i, e in outcomes if e is None]
+        refused = [e for _, e in outcomes if e is not None]
+        assert served and refused, outcomes  # some got through, some met a full queue
+        assert all(isinstance(e, offload.ServerOverloadedError) for e in refused), refused
+        assert "queue is full" in str(refused[0])
+        for i in served:  # and those served got their own inputs back
+            np.testing.assert_array_equal(futures[i].result()["OUTPUT0"],
+                                          np.full((1, 4), i, np.float32))
+        assert server.ready()  # overload refused requests; the server is fine
