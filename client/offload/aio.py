@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 from offload import tensors
-from offload.client import Client, Model, _Attempts, _pb, drive
+from offload.client import Client, Model, _Attempts, _pb, drive, pipelined
 from offload.errors import ModelNotFoundError
 from offload.stats import StatsRecorder
 
@@ -98,13 +98,15 @@ class AsyncModel(Model):
         target = self if version is None or str(version) == self.version else \
             await client.model(self.name, version)
         prepared = self._prepare(target, {**(inputs or {}), **named})
-        pieces = tensors.split(prepared, target.info.max_batch_size)
-        requests = [tensors.build_request(_pb(), target.info, p, target.version) for p in pieces]
-        responses = await asyncio.gather(*(
-            client._acall("ModelInfer", r, model=self.name, timeout=timeout,
-                          rows=p.batch or 1, stats=self._stats)
-            for r, p in zip(requests, pieces, strict=True)))
-        return tensors.concatenate([tensors.decode_response(_pb(), r) for r in responses])
+
+        async def send(piece: tensors.Prepared) -> dict[str, np.ndarray]:
+            request = tensors.build_request(_pb(), target.info, piece, target.version)
+            return tensors.decode_response(_pb(), await client._acall(
+                "ModelInfer", request, model=self.name, timeout=timeout,
+                rows=piece.batch or 1, stats=self._stats))
+
+        return await pipelined(tensors.pieces(prepared, target.info.max_batch_size), send,
+                               client.pipeline)
 
     async def infer_ragged(self, entries: Sequence[Mapping[str, Any]], *,  # type: ignore[override]
                            timeout: float | None = None) -> list[dict[str, np.ndarray]]:

@@ -17,13 +17,14 @@ breaker). Inputs are checked against the model's metadata before anything is sen
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -77,6 +78,9 @@ class Client:
         check_finite: refuse NaN/Inf in floating-point inputs before sending.
         shared_memory: pass tensors through POSIX shared memory instead of the messages;
             only with one server on this host (see offload.shm and perf/RESULTS.md).
+        pipeline: requests of one call in flight at once (the pieces of a batch larger
+            than max_batch_size, ragged entries); keep it at or below the models'
+            max_queue_size.
     """
 
     def __init__(self, servers: str | Sequence[str] | None = None, *, timeout: float = 60.0,
@@ -85,7 +89,7 @@ class Client:
                  compression: str | None = None, keepalive: float | None = None,
                  fallback: str | None = None, repository: str = "model_repository",
                  check_finite: bool = True, backoff: Backoff | None = None,
-                 shared_memory: bool = False) -> None:
+                 shared_memory: bool = False, pipeline: int = 16) -> None:
         addresses = parse_servers(servers)
         if shared_memory and (len(addresses) != 1 or not _on_this_host(addresses[0])):
             raise ValueError("shared_memory=True needs exactly one server on this host "
@@ -99,8 +103,11 @@ class Client:
                              f"got {compression!r}")
         if fallback not in (None, "local"):
             raise ValueError(f"fallback must be None or 'local', got {fallback!r}")
+        if pipeline < 1:
+            raise ValueError(f"pipeline must be at least 1, got {pipeline}")
         self.timeout = timeout
         self.retries = retries
+        self.pipeline = pipeline
         self.check_finite = check_finite
         self.backoff = backoff or Backoff()
         self.fallback = fallback
@@ -302,6 +309,28 @@ class _IOLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
         self.loop.close()
+
+
+async def pipelined(pieces: Iterator[Any],
+                    send: Callable[[Any], Awaitable[dict[str, np.ndarray]]],
+                    depth: int) -> dict[str, np.ndarray]:
+    """The pieces of one call, at most `depth` in flight (built only when sent), results
+    reassembled in order; the first error in order raises and cancels the rest. A bounded
+    window keeps a huge call from flooding the server's queue or this process's memory."""
+    running: collections.deque[asyncio.Future] = collections.deque()
+    results = []
+    try:
+        for piece in pieces:
+            running.append(asyncio.ensure_future(send(piece)))
+            if len(running) >= depth:
+                results.append(await running.popleft())
+        while running:
+            results.append(await running.popleft())
+    except BaseException:
+        for task in running:
+            task.cancel()
+        raise
+    return tensors.concatenate(results)
 
 
 async def drive(attempts: _Attempts) -> Any:
@@ -534,27 +563,33 @@ class Model:
             pieces = tensors.split(prepared, target.info.max_batch_size)
             return self._client._workers().submit(lambda: tensors.concatenate(
                 [self._through_shared_memory(target, p, timeout) for p in pieces]))
-        pieces = tensors.split(prepared, target.info.max_batch_size)
-        requests = [tensors.build_request(_pb(), target.info, p, target.version) for p in pieces]
+        tensors.check_piece_size(target.info, prepared)
         client = self._client
         deadline = time.monotonic() + (timeout or client.timeout)
-        attempts = [_Attempts(client, "ModelInfer", request, self.name, piece.batch or 1,
-                              self._stats, deadline, client._compression)
-                    for request, piece in zip(requests, pieces, strict=True)]
 
-        async def run() -> dict[str, np.ndarray]:
-            # Pieces in flight together; results in order; the first error in order.
-            responses = await asyncio.gather(*(drive(a) for a in attempts))
-            return tensors.concatenate([tensors.decode_response(_pb(), r) for r in responses])
+        async def send(piece: tensors.Prepared) -> dict[str, np.ndarray]:
+            request = tensors.build_request(_pb(), target.info, piece, target.version)
+            response = await drive(_Attempts(client, "ModelInfer", request, self.name,
+                                             piece.batch or 1, self._stats, deadline,
+                                             client._compression))
+            return tensors.decode_response(_pb(), response)
 
-        return client._io().submit(run())
+        pieces = tensors.pieces(prepared, target.info.max_batch_size)
+        return client._io().submit(pipelined(pieces, send, client.pipeline))
 
     def infer_ragged(self, entries: Sequence[Mapping[str, Any]], *,
                      timeout: float | None = None) -> list[dict[str, np.ndarray]]:
         """One request per entry (entries may differ in shape, e.g. jets with different
-        numbers of constituents), all in flight at once; results in the entries' order."""
-        futures = [self.submit(entry, timeout=timeout) for entry in entries]
-        return [future.result() for future in futures]
+        numbers of constituents), `pipeline` of them in flight at once; results in the
+        entries' order. The first error raises (the entries in flight still finish)."""
+        window: collections.deque[concurrent.futures.Future] = collections.deque()
+        results = []
+        for entry in entries:
+            window.append(self.submit(entry, timeout=timeout))
+            if len(window) >= self._client.pipeline:
+                results.append(window.popleft().result())
+        results += [future.result() for future in window]
+        return results
 
     def stats(self) -> ClientStats:
         """This client's counters and latency percentiles for the model."""

@@ -3,7 +3,7 @@ numpy arrays into requests and responses back into numpy arrays."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,10 +97,8 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
         if type(value) is not np.ndarray:
             if isinstance(value, np.ndarray):
                 value = np.asarray(value)  # a subclass (e.g. a masked array): its data
-            elif datatype == "BYTES":
-                value = np.asarray(value, dtype=np.object_)
             else:  # lists and scalars take the expected type; arrays must already have it
-                value = np.asarray(value, dtype=dtype)
+                value = _convert(info, name, datatype, dtype, value)
         shape = value.shape
         if (value.dtype != dtype and not dtypes.accepts(datatype, value)) or \
                 len(shape) != rank or 0 in shape or \
@@ -125,6 +123,17 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
                     "first dimension must be the same for all", model=info.name)
         arrays[name] = value
     return Prepared(arrays, batch)
+
+
+def _convert(info: ModelInfo, name: str, datatype: str, dtype: np.dtype,
+             value: object) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.object_ if datatype == "BYTES" else dtype)
+    except (ValueError, TypeError, OverflowError) as error:  # ragged lists, wrong items
+        raise InvalidInputError(
+            f"model '{info.name}', input '{name}': a {type(value).__name__} that does not "
+            f"convert to a {datatype} array ({error}); pass a numpy array of "
+            f"{dtypes.describe(datatype)}", model=info.name) from None
 
 
 def _check_bytes_elements(info: ModelInfo, name: str, value: np.ndarray) -> None:
@@ -178,11 +187,17 @@ def _refuse_tensor(info: ModelInfo, tensor: TensorInfo, value: np.ndarray, where
 
 def split(prepared: Prepared, max_batch_size: int) -> list[Prepared]:
     """Pieces of at most max_batch_size rows (views, no copies), in order."""
+    return list(pieces(prepared, max_batch_size))
+
+
+def pieces(prepared: Prepared, max_batch_size: int) -> Iterator[Prepared]:
+    """split(), one piece at a time: a huge call never holds all its pieces at once."""
     if prepared.batch is None or max_batch_size <= 0 or prepared.batch <= max_batch_size:
-        return [prepared]
-    return [Prepared({k: v[start:start + max_batch_size] for k, v in prepared.arrays.items()},
-                     min(max_batch_size, prepared.batch - start))
-            for start in range(0, prepared.batch, max_batch_size)]
+        yield prepared
+        return
+    for start in range(0, prepared.batch, max_batch_size):
+        yield Prepared({k: v[start:start + max_batch_size] for k, v in prepared.arrays.items()},
+                       min(max_batch_size, prepared.batch - start))
 
 
 def build_request(service_pb2, info: ModelInfo, prepared: Prepared, version: str,
@@ -237,6 +252,12 @@ def _framing(info: ModelInfo, prepared: Prepared, version: str) -> list[bytes] |
                 for t in info.inputs]
     prefixes[0] = head + prefixes[0]
     return prefixes
+
+
+def check_piece_size(info: ModelInfo, prepared: Prepared) -> None:
+    """Raise MessageTooLargeError now if a piece of this call (the first is the largest)
+    would exceed the message limit: before anything is built or sent."""
+    _check_size(info, next(pieces(prepared, info.max_batch_size)))
 
 
 def _check_size(info: ModelInfo, prepared: Prepared) -> None:
