@@ -179,3 +179,40 @@ def test_full_queue_without_retries_left_is_an_overload_error_for_each_refused(t
             np.testing.assert_array_equal(futures[i].result()["OUTPUT0"],
                                           np.full((1, 4), i, np.float32))
         assert server.ready()  # overload refused requests; the server is fine
+
+
+def test_queue_timeout_is_an_overload_and_is_retried(tmp_path):
+    """A request that waited longer than the queue policy allows never ran: it is refused
+    as an overload (not a dead server) and retried; with no retries left, the caller gets
+    ServerOverloadedError."""
+    tm.export_echo(tmp_path, "slow_queue", "TYPE_FP32", max_batch_size=1, dims=(4,),
+                   sleep_s=0.3, extra="""dynamic_batching { default_queue_policy {
+        max_queue_size: 16 timeout_action: REJECT default_timeout_microseconds: 200000 } }""")
+    with LocalServer(tmp_path) as server:
+        with offload.Client(server.grpc_url, retries=0) as client:
+            model = client.model("slow_queue")
+            futures = [model.submit(INPUT0=np.full((1, 4), i, np.float32)) for i in range(5)]
+            errors = [f.exception(timeout=30) for f in futures]
+            refused = [e for e in errors if e is not None]
+            assert refused and all(isinstance(e, offload.ServerOverloadedError)
+                                   for e in refused), errors
+            assert "Request timeout expired" in str(refused[0])
+        with offload.Client(server.grpc_url, retries=30,
+                            backoff=offload.Backoff(base=0.1, cap=0.5)) as patient:
+            model = patient.model("slow_queue")
+            futures = [model.submit(INPUT0=np.full((1, 4), i, np.float32)) for i in range(5)]
+            for i, future in enumerate(futures):  # all served, each its own, in the end
+                np.testing.assert_array_equal(future.result(timeout=60)["OUTPUT0"],
+                                              np.full((1, 4), i, np.float32))
+            assert model.stats().retries > 0
+
+
+def test_every_repository_model_has_a_queue_policy():
+    from offload_server.model_spec import read_config
+
+    repository = Path(__file__).resolve().parent.parent / "model_repository"
+    for folder in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
+        policy = read_config(folder).dynamic_batching.default_queue_policy
+        assert policy.max_queue_size > 0, folder.name
+        assert policy.default_timeout_microseconds > 0, folder.name
+        assert policy.allow_timeout_override, folder.name

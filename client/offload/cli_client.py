@@ -20,9 +20,10 @@ def add_server_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"Triton gRPC endpoint (repeatable; default: ${SERVERS_VARIABLE}, "
                              "else 127.0.0.1:8001)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
-    parser.add_argument("--tls-ca", metavar="PEM",
-                        help="use TLS, trusting this CA bundle (the token, if any, comes from "
+    parser.add_argument("--tls", action="store_true",
+                        help="use TLS with the system's CAs (the token, if any, comes from "
                              "$OFFLOAD_TOKEN)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA bundle")
 
 
 def _client(args: argparse.Namespace):
@@ -32,7 +33,7 @@ def _client(args: argparse.Namespace):
     from offload.endpoints import TLS
 
     servers = args.servers or os.environ.get(SERVERS_VARIABLE) or "127.0.0.1:8001"
-    tls = TLS(root_certificates=args.tls_ca) if args.tls_ca else None
+    tls = TLS(root_certificates=args.tls_ca) if args.tls or args.tls_ca else None
     return Client(servers, timeout=args.timeout, tls=tls)
 
 

@@ -52,11 +52,14 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 def overloaded(code: grpc.StatusCode | None, details: str) -> bool:
-    """A full queue: Triton answers UNAVAILABLE "Exceeds maximum queue size" when a model's
-    max_queue_size is reached; proxies answer RESOURCE_EXHAUSTED. The server is up: retry
-    later or elsewhere, but do not count it as down."""
+    """Refused by the queue policy: Triton answers UNAVAILABLE "Exceeds maximum queue size"
+    when a model's max_queue_size is reached, and "Request timeout expired" when a request
+    waited longer than the queue's timeout; proxies answer RESOURCE_EXHAUSTED. Either way
+    the request never ran and the server is up: retry later or elsewhere (safe: at most
+    once), but do not count the server as down."""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return "exceeds maximum queue size" in details.lower()
+        lowered = details.lower()
+        return "exceeds maximum queue size" in lowered or "request timeout expired" in lowered
     return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger" not in details.lower()
 
 
@@ -99,8 +102,9 @@ def translate(error: grpc.RpcError, *, model: str | None, server: str) -> Infere
         return AuthenticationError(f"{where} refused the credentials: {details} (pass the "
                                    "token or headers it expects to offload.Client)", model=model)
     if overloaded(code, details):
-        return ServerOverloadedError(f"{where}: the server's queue is full ({details}); "
-                                     "retries ran out: send less, or add servers",
+        return ServerOverloadedError(f"{where}: refused by the model's queue policy, the "
+                                     f"queue is full or too slow ({details}); retries ran "
+                                     "out: send less, or add servers",
                                      model=model)
     if model_missing(code, details):
         return ModelNotFoundError(f"{where}: {details}", model=model)

@@ -135,7 +135,7 @@ def _print_endpoint(console, target, namespace: str) -> None:
         endpoint = "127.0.0.1:8001"
     else:
         console.print(f"offload is up: {endpoint}{' (TLS)' if tls else ''}")
-    console.print(f"  offload models --server {endpoint}")
+    console.print(f"  offload models --server {endpoint}{' --tls' if tls else ''}")
     console.print(f"  grid jobs: export OFFLOAD_SERVERS={endpoint}"
                   + ("  (client: tls=offload.TLS(), token=... when JWT auth is on)" if tls else ""))
 

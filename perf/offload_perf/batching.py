@@ -12,7 +12,6 @@ embedded server and measured with the same stable-window method as `offload perf
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -22,22 +21,25 @@ import offload
 from offload_perf.options import models_of, repository_parser
 from offload_perf.sweep import generated_inputs, measure
 
-_BATCHER = re.compile(r"dynamic_batching\s*\{[^}]*\}")
-
 
 def variants(repository: Path, models: list[str], target: Path) -> None:
     """Copy each model, and a copy without dynamic batching, into `target`."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
     for name in models:
         source = repository / name
-        config = (source / "config.pbtxt").read_text()
-        if not _BATCHER.search(config):
+        config = text_format.Parse((source / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        if not config.HasField("dynamic_batching"):
             raise offload.ModelRepositoryError(
                 f"model '{name}' has no dynamic_batching block: nothing to compare")
         shutil.copytree(source, target / name)
         plain = target / f"{name}_nobatch"
         shutil.copytree(source, plain)
-        text = _BATCHER.sub("", config).replace(f'name: "{name}"', f'name: "{name}_nobatch"')
-        (plain / "config.pbtxt").write_text(text)
+        config.ClearField("dynamic_batching")  # its queue policy goes with it
+        config.name = f"{name}_nobatch"
+        (plain / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
 def main(argv: list[str] | None = None) -> int:

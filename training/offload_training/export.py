@@ -24,9 +24,14 @@ class Tensor:
 
 def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[Tensor],
                  outputs: Sequence[Tensor], *, max_queue_delay_us: int = 500,
+                 max_queue_size: int = 256, queue_timeout_us: int = 10_000_000,
                  parameters: dict[str, str] | None = None) -> str:
     """A complete config (loads with auto-complete off). No instance_group kind: KIND_AUTO
-    puts the model on a GPU in the NGC image and on the CPU in the embedded server."""
+    puts the model on a GPU in the NGC image and on the CPU in the embedded server.
+
+    The queue policy protects the server under overload: at most `max_queue_size` requests
+    wait, none longer than `queue_timeout_us` (a request may ask for less); the others are
+    refused before they run, which the client retries with backoff, elsewhere if it can."""
     lines = [
         f'name: "{name}"',
         f'backend: "{backend}"',
@@ -37,7 +42,10 @@ def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[
         "output [",
         ",\n".join(f"  {t.pbtxt()}" for t in outputs),
         "]",
-        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us}",
+        f"  default_queue_policy {{ max_queue_size: {max_queue_size} timeout_action: REJECT",
+        f"    default_timeout_microseconds: {queue_timeout_us} allow_timeout_override: true }}",
+        "}",
     ]
     for key, value in (parameters or {}).items():
         lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
