@@ -29,6 +29,22 @@ def test_bench_backends_smoke(tmp_path):
     assert "ratio c2" in result.stdout
 
 
+def test_bench_client_smoke(tmp_path):
+    command = [sys.executable, "perf/bench_client.py", "--sizes", "16 B", "--seconds", "0.1",
+               "--depths", "1", "4", "--output", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "bench_client.json").read_text())
+    (row,) = record["per_call"]
+    for name in ("floor", "floor built", "offload", "offload shm", "tritonclient"):
+        assert row[name] > 0, name
+    assert [r["depth"] for r in record["pipelined"]] == [1, 4]
+    assert all(r["offload_futures"] > 0 and r["offload_asyncio"] > 0
+               for r in record["pipelined"])
+    assert (tmp_path / "bench_client.png").stat().st_size > 10_000
+    assert "offload / floor built" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def sweep_server(tmp_path_factory):
     import tiny_models as tm

@@ -292,27 +292,39 @@ def decode_response(service_pb2, payload: bytes) -> dict[str, np.ndarray]:
             # Small: the protobuf parser in C beats the Python wire walk; copies are
             # negligible.
             response = service_pb2.ModelInferResponse.FromString(payload)
-            raw = list(response.raw_output_contents)
+            raw = response.raw_output_contents
         else:
             rest, raw = wire.split_response(payload)
             response = service_pb2.ModelInferResponse.FromString(rest)
     except Exception as error:  # DecodeError, or the wire walk's ValueError/IndexError
         raise ProtocolError(f"malformed ModelInferResponse ({len(payload)} bytes): "
                             f"{error}") from error
-    model = response.model_name
-    if len(raw) != len(response.outputs):
-        raise ProtocolError(f"response of model '{model}' has {len(response.outputs)} "
-                            f"outputs but {len(raw)} raw tensors", model=model)
     outputs = {}
-    for index, tensor in enumerate(response.outputs):
-        try:
-            outputs[tensor.name] = dtypes.decode(tensor.datatype, raw[index], list(tensor.shape))
-        except (ValueError, KeyError) as error:
-            raise ProtocolError(
-                f"model '{model}', output '{tensor.name}' ({tensor.datatype} "
-                f"{list(tensor.shape)}, {len(raw[index])} bytes): cannot be decoded: {error}",
-                model=model) from error
-    return outputs
+    if len(raw) == len(response.outputs):
+        for index, tensor in enumerate(response.outputs):
+            dtype = _PLAIN.get(tensor.datatype)
+            try:
+                if dtype is not None:  # numeric: a view of the payload (no copy)
+                    outputs[tensor.name] = np.frombuffer(raw[index], dtype).reshape(
+                        tensor.shape)
+                else:
+                    outputs[tensor.name] = dtypes.decode(tensor.datatype, raw[index],
+                                                         list(tensor.shape))
+            except (ValueError, KeyError) as error:
+                model = response.model_name
+                raise ProtocolError(
+                    f"model '{model}', output '{tensor.name}' ({tensor.datatype} "
+                    f"{list(tensor.shape)}, {len(raw[index])} bytes): cannot be decoded: "
+                    f"{error}", model=model) from error
+        return outputs
+    model = response.model_name
+    raise ProtocolError(f"response of model '{model}' has {len(response.outputs)} outputs "
+                        f"but {len(raw)} raw tensors", model=model)
+
+
+# Types whose bytes numpy reads as they are.
+_PLAIN = {name: dtype for name, dtype in dtypes.TRITON_TO_NUMPY.items()
+          if name not in ("BYTES", "BF16")}
 
 
 def concatenate(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
