@@ -89,3 +89,19 @@ def test_gridsim_is_an_offload_subcommand():
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--workers" in result.stdout and "--server" in result.stdout
+
+
+def test_gridsim_fast_simulation_job_with_its_own_server(tmp_path):
+    result = _gridsim("--models", "calo_shower_generator", "--showers-per-event", "3",
+                      "--workers", "1", "--duration", "1", "--warmup", "0.3", "--cpu-ms", "0.5",
+                      "--output", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "gridsim.json").read_text())
+    assert record["complete"] and record["settings"]["showers_per_event"] == 3
+    assert record["server"].startswith("embedded tritonserver")
+    rows = {r["mode"]: r for r in record["rows"]}
+    assert rows["in_process"]["events_per_second"] > 0
+    served = rows["offloaded"]
+    assert served["events_per_second"] > 0
+    stats = served["server"]["calo_shower_generator"]
+    assert served["events"] - 1 <= stats["requests"] <= served["events"]

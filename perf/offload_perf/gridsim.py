@@ -1,5 +1,6 @@
-"""Grid-job simulator: K worker processes, each an event loop of CPU work plus jet inference,
-run once with inference in-process and once offloaded to a Triton server.
+"""Grid-job simulator: K worker processes, each an event loop of CPU work plus inference (jet
+tagging and regression; or fast simulation with `--models calo_shower_generator`), run once
+with inference in-process and once offloaded to a Triton server.
 
     python -m offload_perf.gridsim                                # K = 1, 2, 4; embedded server
     offload gridsim --workers 1,2,4,8 --cpu-ms 5 --server gpu1.example.org:8001
@@ -59,7 +60,8 @@ import numpy as np
 import offload
 from offload.endpoints import SERVERS_VARIABLE
 
-MODELS = ("jet_tagger", "jet_energy_regression")
+MODELS = ("jet_tagger", "jet_energy_regression", "calo_shower_generator")
+DEFAULT_MODELS = ("jet_tagger", "jet_energy_regression")
 MODES = ("in_process", "offloaded")
 #: In-process: one intra-op and one inter-op thread per model and worker, in the parameter
 #: names each CPU runner reads (those of Triton's native backends).
@@ -97,6 +99,12 @@ class EventLoop:
         self.settings = settings
         self.models = settings["models"]
         self.constituents, self.jets = jet_sample(Path(settings["repository"]))
+        self.rng = np.random.default_rng(1000 + index)
+        self.shower_energies = None
+        if "calo_shower_generator" in self.models:  # a fast-simulation job's particles
+            sample = Path(settings["repository"]) / "calo_shower_generator" / "validation.npz"
+            with np.load(sample, allow_pickle=False) as data:
+                self.shower_energies = data["energy"].astype(np.float32)
         self.position = index * 97  # workers start at different events
         self.scratch = np.random.default_rng(index).random(4096)
         self.runners: dict | None = None
@@ -140,8 +148,11 @@ class EventLoop:
                 self.position += per_event
                 self.scratch = busy_work(self.settings["cpu_ms"], self.scratch)
                 for name in self.models:
-                    pieces[name].append(JET_MODELS[name](self.constituents[rows],
-                                                         self.jets[rows]))
+                    if name in JET_MODELS:
+                        pieces[name].append(JET_MODELS[name](self.constituents[rows],
+                                                             self.jets[rows]))
+                    else:
+                        pieces[name].append(self._shower_inputs())
             inputs = {name: {key: np.concatenate([p[key] for p in parts])
                              for key in parts[0]} for name, parts in pieces.items()}
             t1 = time.perf_counter()
@@ -161,6 +172,14 @@ class EventLoop:
         return {"events": events, "seconds": time.perf_counter() - started,
                 "cpu_seconds": time.process_time() - cpu_started,
                 "reco_seconds": reco, "inference_seconds": infer}
+
+    def _shower_inputs(self) -> dict[str, np.ndarray]:
+        """`--showers-per-event` particles to simulate: energies from the generator's
+        validation sample, and the latent and uniform noise the job draws for them."""
+        n = self.settings["showers_per_event"]
+        return {"energy": self.rng.choice(self.shower_energies, n).reshape(n, 1),
+                "latent": self.rng.standard_normal((n, 8), np.float32),
+                "uniform": self.rng.random((n, 576), np.float32)}
 
     def close(self) -> None:
         if self.client is not None:
@@ -411,11 +430,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(also ${SERVERS_VARIABLE})")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"),
                         help="the models (in-process, embedded server) and the event sample")
-    parser.add_argument("--models", default=",".join(MODELS),
-                        help=f"the per-event models, a subset of {', '.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"the per-event models, a subset of {', '.join(MODELS)} "
+                             "(calo_shower_generator: a fast-simulation job)")
     parser.add_argument("--cpu-ms", type=float, default=2.0,
                         help="CPU time of busy work per event, besides preprocessing (ms)")
     parser.add_argument("--jets-per-event", type=int, default=2)
+    parser.add_argument("--showers-per-event", type=int, default=4,
+                        help="particles simulated per event by calo_shower_generator")
     parser.add_argument("--block", type=int, default=1, help="events per inference call")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="seconds each (K, mode) point is measured")
@@ -444,11 +466,13 @@ def _parse(args: argparse.Namespace) -> tuple[list[int], list[str], list[str]]:
     if unknown or not models:
         raise offload.ModelNotFoundError(
             f"unknown model(s) {unknown or models} for the grid-job simulator: its events "
-            f"feed {', '.join(MODELS)} (the models whose inputs offload.physics.jets "
-            "computes)")
-    if args.cpu_ms < 0 or args.jets_per_event < 1 or args.block < 1 or args.duration <= 0:
-        raise offload.InvalidInputError("--cpu-ms >= 0, --jets-per-event >= 1, --block >= 1 "
-                                        "and --duration > 0 are needed")
+            f"feed {', '.join(MODELS)} (the jet models, whose inputs offload.physics.jets "
+            "computes, and the shower generator)")
+    if args.cpu_ms < 0 or args.jets_per_event < 1 or args.showers_per_event < 1 or \
+            args.block < 1 or args.duration <= 0:
+        raise offload.InvalidInputError("--cpu-ms >= 0, --jets-per-event >= 1, "
+                                        "--showers-per-event >= 1, --block >= 1 and "
+                                        "--duration > 0 are needed")
     return ks, modes, models
 
 
@@ -468,8 +492,8 @@ def run(args: argparse.Namespace) -> int:
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "settings": {
         "workers": ks, "modes": modes, "models": models, "cpu_ms": args.cpu_ms,
-        "jets_per_event": args.jets_per_event, "block": args.block,
-        "duration_s": args.duration, "warmup_s": args.warmup,
+        "jets_per_event": args.jets_per_event, "showers_per_event": args.showers_per_event,
+        "block": args.block, "duration_s": args.duration, "warmup_s": args.warmup,
         "repository": str(args.repository),
         "in_process_threads": "1 intra-op, 1 inter-op per model and worker"},
         "server": None, "rows": [], "complete": False, "error": None}
@@ -497,7 +521,8 @@ def run(args: argparse.Namespace) -> int:
                 raise GridSimError(f"cannot reach the server at {address}: {error}") from error
         settings = {"repository": str(repository), "server": address, "models": models,
                     "cpu_ms": args.cpu_ms, "jets_per_event": args.jets_per_event,
-                    "block": args.block, "warmup": args.warmup, "timeout": args.timeout}
+                    "showers_per_event": args.showers_per_event, "block": args.block,
+                    "warmup": args.warmup, "timeout": args.timeout}
         workers = Workers(max(ks), settings)
         stack.callback(workers.close)
         try:
