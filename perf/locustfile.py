@@ -15,6 +15,11 @@ offload exception if it failed.
 Server address: `--host host:port` (also `grpc://host:port`, or several comma-separated:
 the client balances and fails over between them), else $OFFLOAD_SERVERS.
 
+Target rate (`--rate R`, or $OFFLOAD_LOAD_RATE): R requests/s in all, shared by the `-u`
+users (each paced at R / u per second with locust's constant_pacing; a user whose answers
+take longer than its period goes back to back). 0, the default: closed loop, no waiting.
+The soak test (`python -m offload_perf.soak`) runs the constant shape at a rate.
+
 Load shapes (`--shape`, or $OFFLOAD_LOAD_SHAPE), all within `--run-time` (default 60 s):
   constant  `-u` users, started at `-r` per second (locust's usual behaviour);
   step      `--steps` equal steps up to `-u` users, each held run-time / steps;
@@ -34,9 +39,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from locust import LoadTestShape, User, events, task
+from locust import LoadTestShape, User, constant_pacing, events, task
 from locust.exception import StopUser
 
 # After locust's gevent monkey-patching (its import above), before any gRPC object.
@@ -64,6 +70,8 @@ def _options(parser) -> None:
                        env_var="OFFLOAD_LOAD_SHAPE", help="load shape (see the locustfile)")
     group.add_argument("--steps", type=int, default=4, env_var="OFFLOAD_LOAD_STEPS",
                        help="steps of the step shape")
+    group.add_argument("--rate", type=float, default=0.0, env_var="OFFLOAD_LOAD_RATE",
+                       help="target requests/s over all -u users (0: back to back)")
     group.add_argument("--repository", default=str(REPOSITORY), env_var="OFFLOAD_REPOSITORY",
                        help="where the validation samples are (random inputs without it)")
     group.add_argument("--request-timeout", type=float, default=30.0,
@@ -84,14 +92,23 @@ def servers_of(host: str | None) -> str:
 class TritonUser(User):
     """One client (one channel) sending inference requests back to back."""
 
-    # Closed loop: the next request as soon as the answer is in (like perf_analyzer).
+    # Closed loop: the next request as soon as the answer is in (like perf_analyzer);
+    # with --rate, open-ish loop: each user paced at rate / users requests per second.
+    _pacing: Callable[[User], float] | None = None
+
     def wait_time(self) -> float:
-        return 0.0
+        if self._pacing is None:
+            return 0.0
+        return self._pacing(self)
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.timeout = options.request_timeout if options else 30.0
         self.batch = options.batch if options else 1
+        rate = float(getattr(options, "rate", 0.0) or 0.0) if options else 0.0
+        if rate > 0:
+            users = max(int(options.num_users or 1), 1)
+            self._pacing = constant_pacing(users / rate)
         names = (options.models if options else DEFAULT_MODELS).split(",")
         repository = Path(options.repository if options else REPOSITORY)
         self.client = offload.Client(servers_of(self.host), timeout=self.timeout, retries=1)

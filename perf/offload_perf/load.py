@@ -28,6 +28,16 @@ LOCUSTFILE = Path(__file__).resolve().parents[1] / "locustfile.py"
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "results" / "load"
 
 
+def embedded_server(repository: Path, models: str):
+    """A (not yet started) `LocalServer` on `repository` loading those of the comma-separated
+    `models` that it holds (all of its models if none)."""
+    from offload_server import LocalServer
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    known = [m for m in names if (repository / m / "config.pbtxt").is_file()]
+    return LocalServer(repository, models=known or None)
+
+
 def locust_command(host: str, args: argparse.Namespace, prefix: Path) -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
             "--host", host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
@@ -116,15 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             host, where = args.host, args.host
         else:
             from offload.errors import OffloadError
-            from offload_server import LocalServer
 
-            models = [m.strip() for m in args.models.split(",") if m.strip()]
-            known = [m for m in models if (args.repository / m / "config.pbtxt").is_file()]
             print(f"starting the embedded server on {args.repository} ...", file=sys.stderr,
                   flush=True)
             try:
-                server = stack.enter_context(LocalServer(args.repository,
-                                                         models=known or None))
+                server = stack.enter_context(embedded_server(args.repository, args.models))
             except OffloadError as error:
                 print(f"load: error: the embedded server did not start: {error}",
                       file=sys.stderr)
