@@ -54,6 +54,8 @@ def models_and_inputs(draw) -> tuple[ModelInfo, str, dict[str, np.ndarray]]:
             dtype = dtypes.TRITON_TO_NUMPY[datatype]
             elements = (hnp.from_dtype(dtype, allow_nan=False, allow_infinity=False)
                         if dtype.kind == "f" else None)
+            if datatype == "BF16":  # beyond its range the input checks refuse (tested below)
+                elements = st.floats(-dtypes.BF16_MAX, dtypes.BF16_MAX, width=32)
             if draw(st.booleans()) and shape:  # a strided view of a larger array
                 wide = draw(hnp.arrays(dtype, (*shape[:-1], 2 * shape[-1]), elements=elements))
                 value = wide[..., ::2]
@@ -175,6 +177,17 @@ def test_garbage_responses_raise_protocol_error_or_decode(payload):
     except offload.ProtocolError as error:
         assert "malformed" in str(error) or "cannot be decoded" in str(error) or \
             "raw tensors" in str(error)
+
+
+def test_float32_beyond_bfloat16_range_is_refused():
+    info = ModelInfo("m", "", "p", 0, (TensorInfo("x", "BF16", (-1,)),), ())
+    for value in (3.4e38, -3.3962e38, np.finfo(np.float32).max):
+        with pytest.raises(offload.InvalidInputError, match="exceed bfloat16's largest"):
+            tensors.prepare(info, {"x": np.array([1.0, value], np.float32)})
+    edge = np.array([dtypes.BF16_MAX, -dtypes.BF16_MAX], np.float32)  # the largest: fine
+    raw = tensors.build_request(pb, info, tensors.prepare(info, {"x": edge}), "")
+    sent = pb.ModelInferRequest.FromString(raw).raw_input_contents[0]
+    np.testing.assert_array_equal(dtypes.bf16_bytes_to_float32(sent), edge)
 
 
 def test_truncated_bytes_output_is_a_protocol_error():

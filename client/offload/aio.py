@@ -103,7 +103,7 @@ class AsyncModel(Model):
             request = tensors.build_request(_pb(), target.info, piece, target.version)
             return tensors.decode_response(_pb(), await client._acall(
                 "ModelInfer", request, model=self.name, timeout=timeout,
-                rows=piece.batch or 1, stats=self._stats))
+                rows=piece.batch or 1, stats=self._stats), target.info)
 
         return await pipelined(tensors.pieces(prepared, target.info.max_batch_size), send,
                                client.pipeline)

@@ -528,7 +528,7 @@ class Model:
         # One request: run it on this thread, without a future's hand-offs.
         response = self._client._call("ModelInfer", request, model=self.name, timeout=timeout,
                                       rows=prepared.batch or 1, stats=self._stats)
-        return tensors.decode_response(_pb(), response)
+        return tensors.decode_response(_pb(), response, target.info)
 
     def submit(self, inputs: Mapping[str, Any] | None = None, /, *,
                timeout: float | None = None, version: str | int | None = None,
@@ -572,7 +572,7 @@ class Model:
             response = await drive(_Attempts(client, "ModelInfer", request, self.name,
                                              piece.batch or 1, self._stats, deadline,
                                              client._compression))
-            return tensors.decode_response(_pb(), response)
+            return tensors.decode_response(_pb(), response, target.info)
 
         pieces = tensors.pieces(prepared, target.info.max_batch_size)
         return client._io().submit(pipelined(pieces, send, client.pipeline))

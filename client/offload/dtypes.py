@@ -94,6 +94,10 @@ def deserialize_bytes(raw: bytes | memoryview) -> np.ndarray:
     return result
 
 
+#: The largest finite bfloat16 (float32 values beyond it round to Inf).
+BF16_MAX = float(np.array(0x7F7F0000, dtype="<u4").view("<f4"))
+
+
 def float32_to_bf16_bytes(array: np.ndarray) -> bytes:
     bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even

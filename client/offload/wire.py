@@ -69,7 +69,8 @@ def request_bytes(head: bytes, tensors: Sequence[bytes | memoryview]) -> bytes:
     return b"".join(parts)
 
 
-def _read_varint(data: memoryview, offset: int) -> tuple[int, int]:
+def read_varint(data: memoryview, offset: int) -> tuple[int, int]:
+    """(the varint at `offset`, the offset after it)."""
     result = shift = 0
     while True:
         byte = data[offset]
@@ -89,17 +90,17 @@ def split_response(payload: bytes) -> tuple[bytes, list[memoryview]]:
     offset, end = 0, len(view)
     while offset < end:
         start = offset
-        tag, offset = _read_varint(view, offset)
+        tag, offset = read_varint(view, offset)
         wire = tag & 7
         if wire == _LENGTH_DELIMITED:
-            length, offset = _read_varint(view, offset)
+            length, offset = read_varint(view, offset)
             if tag >> 3 == RESPONSE_RAW_OUTPUT_CONTENTS:
                 raw.append(view[offset:offset + length])
             else:
                 rest.append(view[start:offset + length])
             offset += length
         elif wire == 0:
-            _, offset = _read_varint(view, offset)
+            _, offset = read_varint(view, offset)
             rest.append(view[start:offset])
         elif wire == 1:
             offset += 8
