@@ -155,8 +155,19 @@ def test_any_response_decodes_to_its_arrays(case):
             dtypes.float32_to_bf16_bytes(value) if tensor.datatype == "BF16" else
             np.ascontiguousarray(value.astype(value.dtype.newbyteorder("<"))).tobytes())
     payload = message.SerializeToString()
-    for padded in (payload, payload + message.SerializeToString()[:0]):
-        decoded = tensors.decode_response(pb, padded)
+    # Parsed in full; then learnt, and recognised by its head bytes (twice: the second and
+    # third responses of a model take the fast path); and a response of another shape
+    # after them is still read right.
+    learner = ModelInfo(info.name, "", "p", 0, (), ())
+    other = pb.ModelInferResponse(model_name=info.name)
+    other.outputs.add(name="z", datatype="INT8", shape=[3])
+    other.raw_output_contents.append(b"\x01\x02\x03")
+    for index, info_or_none in enumerate((None, learner, learner, learner)):
+        decoded = tensors.decode_response(pb, payload, info_or_none)
+        if index == 2:
+            assert learner.responses, "nothing learnt from the response"
+            stranger = tensors.decode_response(pb, other.SerializeToString(), learner)
+            np.testing.assert_array_equal(stranger["z"], [1, 2, 3])
         for tensor in info.inputs:
             value = arrays[tensor.name]
             if tensor.datatype == "BYTES":

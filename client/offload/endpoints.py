@@ -141,9 +141,8 @@ class Endpoint:
     def ended(self, seconds: float | None, failed: bool) -> None:
         with self._lock:
             self.outstanding -= 1
-            now = time.monotonic()
             if failed:
-                self.breaker.failure(now)
+                self.breaker.failure(time.monotonic())
             else:
                 self.breaker.success()
                 if seconds is not None:
@@ -179,9 +178,9 @@ class EndpointPool:
         """The server with the least expected wait among those whose breaker is closed,
         preferring ones not in `avoid` (servers that just failed this request). With every
         breaker open, the one that reopens first: a request is never refused locally."""
-        now = time.monotonic()
         if len(self.endpoints) == 1:  # the common case: nothing to choose
             return self.endpoints[0]
+        now = time.monotonic()
         with self._lock:
             candidates = [e for e in self.endpoints if e.breaker.closed(now)]
             fresh = [e for e in candidates if e.address not in avoid]

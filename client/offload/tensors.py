@@ -4,7 +4,8 @@ numpy arrays into requests and responses back into numpy arrays."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,7 +52,7 @@ class ModelInfo:
     def __post_init__(self) -> None:
         # The per-call checks read these instead of recomputing them (a call's Python work
         # runs with cold caches after each round trip, so every step counts; see RESULTS.md).
-        checks = tuple((t.name, t.datatype, t.dtype, len(t.shape), t.fixed_dims)
+        checks = tuple((t.name, t.datatype, t.dtype, len(t.shape), *_fixed_dims_check(t))
                        for t in self.inputs)
         object.__setattr__(self, "_checks", checks)
         object.__setattr__(self, "_input_names", frozenset(t.name for t in self.inputs))
@@ -62,6 +63,17 @@ class ModelInfo:
 
     def input(self, name: str) -> TensorInfo:
         return next(t for t in self.inputs if t.name == name)
+
+
+def _fixed_dims_check(tensor: TensorInfo) -> tuple[Callable | None, object]:
+    """(getter of the dimensions that must match, what it must return), for one C-level
+    call per input instead of a Python loop: operator.itemgetter gives the value itself
+    for one axis and a tuple for several."""
+    fixed = tensor.fixed_dims
+    if not fixed:
+        return None, None
+    axes, sizes = zip(*fixed, strict=True)
+    return operator.itemgetter(*axes), sizes[0] if len(sizes) == 1 else sizes
 
 
 def model_info(metadata, config) -> ModelInfo:
@@ -95,7 +107,7 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
     arrays: dict[str, np.ndarray] = {}
     batch = None
     checks = zip(info._checks, info.inputs, strict=True)
-    for (name, datatype, dtype, rank, fixed_dims), tensor in checks:
+    for (name, datatype, dtype, rank, fixed_of, fixed), tensor in checks:
         value = inputs[name]
         if type(value) is not np.ndarray:
             if isinstance(value, np.ndarray):
@@ -105,7 +117,7 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
         shape = value.shape
         if (value.dtype != dtype and not dtypes.accepts(datatype, value)) or \
                 len(shape) != rank or 0 in shape or \
-                any(shape[axis] != size for axis, size in fixed_dims):
+                (fixed_of is not None and fixed_of(shape) != fixed):
             _refuse_tensor(info, tensor, value, f"model '{info.name}'")
         if datatype == "BF16" and check_finite and value.size and \
                 float(np.abs(value).max()) > dtypes.BF16_MAX:
@@ -305,11 +317,18 @@ def decode_response(service_pb2, payload: bytes, info: ModelInfo | None = None
     and output names, types and shapes, the same for every response of one shape), and only
     the tensors are read; anything else is parsed in full."""
     if info is not None:
-        for head, layout in info.responses:
-            if payload.startswith(head):
-                outputs = _tensors_after(payload, len(head), layout)
-                if outputs is not None:
-                    return outputs
+        for head, size, layout in info.responses:
+            if not payload.startswith(head):
+                continue
+            if size:  # numeric outputs of fixed shapes: the whole framing is known
+                if len(payload) == size and all(payload.startswith(prefix, at - len(prefix))
+                                                for _, prefix, at, _, _, _ in layout):
+                    return {name: np.frombuffer(payload, dtype, count, at).reshape(shape)
+                            for name, _, at, count, dtype, shape in layout}
+                continue
+            outputs = _tensors_after(payload, len(head), layout)
+            if outputs is not None:
+                return outputs
     outputs, response, raw = _parse_response(service_pb2, payload)
     if info is not None:
         _learn_response(info, payload, response, raw)
@@ -338,14 +357,27 @@ def _tensors_after(payload: bytes, offset: int, layout: tuple) -> dict[str, np.n
 
 def _learn_response(info: ModelInfo, payload: bytes, response, raw) -> None:
     """Remember this response's bytes before its tensors (raw_output_contents, field 6,
-    comes last in Triton's serialisation), for the next responses of the same shape."""
+    comes last in Triton's serialisation), for the next responses of the same shape; with
+    only numeric outputs, also where each tensor starts and how long the response is."""
     tail = sum(1 + len(wire.varint(len(r))) + len(r) for r in raw)
     head = len(payload) - tail
     if not raw or head <= 0 or payload[head] != _RAW_OUTPUT_TAG:
         return
-    layout = tuple((t.name, t.datatype, _PLAIN.get(t.datatype), tuple(t.shape))
-                   for t in response.outputs)
-    info.responses.insert(0, (payload[:head], layout))
+    outputs = list(response.outputs)
+    if all(t.datatype in _PLAIN for t in outputs):
+        layout, at = [], head
+        for tensor, data in zip(outputs, raw, strict=True):
+            prefix = bytes([_RAW_OUTPUT_TAG]) + wire.varint(len(data))
+            at += len(prefix)
+            dtype = _PLAIN[tensor.datatype]
+            layout.append((tensor.name, prefix, at, len(data) // dtype.itemsize, dtype,
+                           tuple(tensor.shape)))
+            at += len(data)
+        template = (payload[:head], len(payload), tuple(layout))
+    else:
+        template = (payload[:head], 0, tuple(
+            (t.name, t.datatype, _PLAIN.get(t.datatype), tuple(t.shape)) for t in outputs))
+    info.responses.insert(0, template)
     del info.responses[4:]  # a few shapes (e.g. a job's usual batch sizes)
 
 
