@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +33,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from offload_perf.options import machine
 from offload_server import LocalServer
 from offload_server.backends import load_in_process
 from offload_server.reference_models import MLPS, N_FEATURES
@@ -123,23 +121,6 @@ def served_call(grpc_url: str, model: str, input_name: str, output_name: str,
         local.client.infer(model, local.inputs, outputs=local.outputs).as_numpy(output_name)
 
     return call
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "host": platform.node(), "cpu": cpu, "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        **{name: version(name) for name in ("onnxruntime", "torch", "tensorflow", "grpcio",
-                                            "tritonclient")},
-        "tritonserver": "2.51.0 (nvidia-pytriton 0.7.0)", "gpu": "none",
-    }
 
 
 def _flag(measurement: Measurement) -> str:

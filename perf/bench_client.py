@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from rich.table import Table
 
 import offload
 from offload import protocol, wire
+from offload_perf.options import machine
 from offload_server import LocalServer
 
 RESULTS = Path(__file__).parent / "results"
@@ -176,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     console = Console() if sys.stdout.isatty() else Console(width=220)
-    record: dict = {"machine": {"host": platform.node(), "python": platform.python_version(),
-                                "grpcio": grpc.__version__}, "per_call": [], "pipelined": []}
+    record: dict = {"machine": machine(), "per_call": [], "pipelined": []}
     with tempfile.TemporaryDirectory() as scratch, \
             LocalServer(identity_repository(Path(scratch))) as server, \
             offload.Client(server.grpc_url) as client, \
