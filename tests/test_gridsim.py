@@ -49,8 +49,8 @@ def test_gridsim_both_modes_against_a_server(jet_server, tmp_path):
         assert set(served["server"]) == set(MODELS)
         for stats in served["server"].values():
             # every event's request reached the server within the window (+ nothing else;
-            # Triton may count a worker's last response a moment after it arrived)
-            assert served["events"] - k <= stats["requests"] <= served["events"]
+            # at each window edge a worker's request in flight may land on either side)
+            assert abs(stats["requests"] - served["events"]) <= k
             assert stats["queue_us_per_request"] >= 0 and stats["compute_us_per_request"] > 0
     assert [r["workers"] for r in record["ratios"]] == [1, 2]
     assert all(r["offloaded_over_in_process"] > 0 for r in record["ratios"])
@@ -104,4 +104,4 @@ def test_gridsim_fast_simulation_job_with_its_own_server(tmp_path):
     served = rows["offloaded"]
     assert served["events_per_second"] > 0
     stats = served["server"]["calo_shower_generator"]
-    assert served["events"] - 1 <= stats["requests"] <= served["events"]
+    assert abs(stats["requests"] - served["events"]) <= 1

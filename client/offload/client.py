@@ -31,15 +31,7 @@ import grpc
 import numpy as np
 
 from offload import tensors
-from offload.endpoints import (
-    TLS,
-    TOKEN_HEADER,
-    TOKEN_VARIABLE,
-    Backoff,
-    Endpoint,
-    EndpointPool,
-    parse_servers,
-)
+from offload.endpoints import TLS, Backoff, Endpoint, EndpointPool, parse_servers
 from offload.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -49,6 +41,7 @@ from offload.errors import (
 )
 from offload.stats import ClientStats, ServerStats, StatsRecorder, server_stats
 from offload.tensors import ModelInfo, TensorInfo
+from offload.tokens import TOKEN_HEADER, TOKEN_VARIABLE
 
 log = logging.getLogger("offload")
 

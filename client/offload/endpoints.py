@@ -14,12 +14,6 @@ import grpc
 
 #: Environment variable with a comma-separated list of servers, used when none are given.
 SERVERS_VARIABLE = "OFFLOAD_SERVERS"
-#: Environment variable with the token (kept off command lines and out of job scripts).
-TOKEN_VARIABLE = "OFFLOAD_TOKEN"
-#: The key of Triton's restricted protocol that `offload serve --token-file` sets; Triton
-#: checks the header `triton-grpc-protocol-<key>`.
-TOKEN_KEY = "offload-token"
-TOKEN_HEADER = f"triton-grpc-protocol-{TOKEN_KEY}"
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.endpoints import TOKEN_KEY
 from offload.errors import ModelRepositoryError, PortInUseError, ServerStartError
+from offload.tokens import TOKEN_KEY
 from offload_server.triton_install import assemble_backends, find_triton
 
 log = logging.getLogger(__name__)
