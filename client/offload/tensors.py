@@ -138,8 +138,8 @@ def prepare(info: ModelInfo, inputs: Mapping[str, object], *, check_finite: bool
             if batch is None:
                 batch = shape[0]
             elif shape[0] != batch:
-                shown = ", ".join(f"'{n}' {np.shape(inputs[n])[0]}" for n in
-                                  (t.name for t in info.inputs))
+                shown = ", ".join(f"'{n}' {a.shape[0]}"
+                                  for n, a in {**arrays, name: value}.items())
                 raise InvalidInputError(
                     f"model '{info.name}': inputs disagree on the batch size ({shown}); the "
                     "first dimension must be the same for all", model=info.name)
