@@ -118,6 +118,9 @@ class Client:
             metadata["authorization"] = f"Bearer {token}"
             metadata.setdefault(TOKEN_HEADER, token)
         self._metadata = tuple((k.lower(), v) for k, v in metadata.items()) or None
+        self._call_options = {key: value for key, value in (
+            ("metadata", self._metadata), ("compression", self._compression))
+            if value is not None}
         self._pool = EndpointPool([self._endpoint(a) for a in addresses])
         self._models: dict[tuple[str, str], Model] = {}
         self._lock = threading.Lock()
@@ -363,9 +366,9 @@ class _Attempts:
             endpoint, remaining = self._begin()
             started = time.monotonic()
             try:
+                # Only the options in use: each keyword costs gRPC a few µs per call.
                 response = endpoint.method(self.method)(
-                    self.request, timeout=remaining, metadata=self.client._metadata,
-                    compression=self.compression)
+                    self.request, timeout=remaining, **self.client._call_options)
             except grpc.RpcError as error:
                 time.sleep(self._failed(endpoint, error))
                 continue
