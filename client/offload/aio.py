@@ -83,8 +83,7 @@ class AsyncClient(Client):
                      stats: StatsRecorder | None = None) -> Any:
         """One request with retries and failover, on this event loop."""
         return await drive(_Attempts(self, method, request, model, rows, stats,
-                                     time.monotonic() + (timeout or self.timeout),
-                                     self._compression))
+                                     time.monotonic() + (timeout or self.timeout)))
 
     def _start_fallback(self, model: str | None) -> bool:
         return False

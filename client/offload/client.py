@@ -243,8 +243,7 @@ class Client:
               stats: StatsRecorder | None = None) -> Any:
         """A unary call on this thread, with retries and failover."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        return _Attempts(self, method, request, model, rows, stats, deadline,
-                         self._compression).blocking()
+        return _Attempts(self, method, request, model, rows, stats, deadline).blocking()
 
     def _workers(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
@@ -336,8 +335,7 @@ async def drive(attempts: _Attempts) -> Any:
         started = time.monotonic()
         try:
             response = await endpoint.aio_method(attempts.method)(
-                attempts.request, timeout=remaining, metadata=attempts.client._metadata,
-                compression=attempts.compression)
+                attempts.request, timeout=remaining, **attempts.client._call_options)
         except grpc.RpcError as error:
             await asyncio.sleep(attempts._failed(endpoint, error))
             continue
@@ -350,11 +348,9 @@ class _Attempts:
     (the fast path of a synchronous call), `drive()` on an event loop."""
 
     def __init__(self, client: Client, method: str, request: Any, model: str | None,
-                 rows: int, stats: StatsRecorder | None, deadline: float,
-                 compression: grpc.Compression | None) -> None:
+                 rows: int, stats: StatsRecorder | None, deadline: float) -> None:
         self.client, self.method, self.request, self.model = client, method, request, model
         self.rows, self.stats, self.deadline = rows, stats, deadline
-        self.compression = compression
         self.attempt = 0
         self.failed_on: set[str] = set()
         self.last_error: grpc.RpcError | None = None
@@ -566,8 +562,7 @@ class Model:
         async def send(piece: tensors.Prepared) -> dict[str, np.ndarray]:
             request = tensors.build_request(_pb(), target.info, piece, target.version)
             response = await drive(_Attempts(client, "ModelInfer", request, self.name,
-                                             piece.batch or 1, self._stats, deadline,
-                                             client._compression))
+                                             piece.batch or 1, self._stats, deadline))
             return tensors.decode_response(_pb(), response, target.info)
 
         pieces = tensors.pieces(prepared, target.info.max_batch_size)

@@ -171,8 +171,8 @@ def _check_bytes_elements(info: ModelInfo, name: str, value: np.ndarray) -> None
 
 def _all_finite(value: np.ndarray) -> bool:
     """Whether no element is NaN or ±Inf. Single and double precision: the sum of squares
-    by BLAS (the fastest pass over the data, no temporary array, measured 2-3x faster
-    than np.isfinite(...).all()) is finite unless an element is NaN or Inf, or huge values
+    by BLAS (no temporary array; measured 1.4-3.5x faster than np.isfinite(...).all() from
+    4 K to 4 M float32 elements) is finite unless an element is NaN or Inf, or huge values
     overflow it; only then is each element looked at."""
     if value.dtype.type in (np.float32, np.float64):
         flat = value.reshape(-1)
