@@ -441,15 +441,20 @@ def test_health_probe(server):
 def test_finite_check_catches_every_kind_of_non_finite_value():
     from offload.tensors import _all_finite
 
-    for dtype in (np.float16, np.float32, np.float64):
-        values = np.ones(10_000, dtype)
-        assert _all_finite(values)
-        for bad in (np.nan, np.inf, -np.inf):
-            spoiled = values.copy()
-            spoiled[5371] = bad
-            assert not _all_finite(spoiled), (dtype, bad)
-    huge = np.full(10, np.finfo(np.float64).max / 2)  # finite, but its sum overflows
-    assert _all_finite(huge)
+    # Both ways of checking: a few elements summed in Python, more by numpy/BLAS; each on
+    # contiguous arrays and on strided views.
+    for size in (1, 4, 64, 65, 10_000):
+        for dtype in (np.float16, np.float32, np.float64):
+            values = np.ones((size, 2), dtype)
+            assert all(_all_finite(v) for v in (values, values.T, values[:, 1])), (size, dtype)
+            for bad in ((np.nan,), (np.inf,), (-np.inf,), (np.inf, -np.inf)):
+                spoiled = values.copy()
+                spoiled.reshape(-1)[-len(bad):] = bad  # Inf and -Inf: a sum of NaN
+                for view in (spoiled, spoiled.T, spoiled[:, 1]):  # each has the last one
+                    assert not _all_finite(view), (size, dtype, bad, view.shape)
+        for dtype in (np.float32, np.float64):  # finite, but sums overflow
+            huge = np.full(size, np.finfo(dtype).max / 2, dtype)
+            assert _all_finite(huge), (size, dtype)
 
 
 def test_request_head_written_directly_equals_protobufs_serialisation():

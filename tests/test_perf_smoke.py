@@ -36,13 +36,15 @@ def test_bench_client_smoke(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((tmp_path / "bench_client.json").read_text())
     (row,) = record["per_call"]
-    for name in ("floor", "floor built", "offload", "offload shm", "tritonclient"):
+    for name in ("wire floor", "floor", "floor built", "offload", "offload shm",
+                 "tritonclient"):
         assert row[name] > 0, name
     assert [r["depth"] for r in record["pipelined"]] == [1, 4]
     assert all(r["offload_futures"] > 0 and r["offload_asyncio"] > 0
                for r in record["pipelined"])
     assert (tmp_path / "bench_client.png").stat().st_size > 10_000
     assert "offload / floor built" in result.stdout
+    assert "offload / wire floor" in result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -74,15 +74,11 @@ def method(channel: grpc.Channel, name: str) -> grpc.UnaryUnaryMultiCallable:
     """A callable for one RPC. ModelInfer takes and returns serialised bytes (offload.wire
     builds and reads them); the others take and return messages."""
     if name == "ModelInfer":
-        return channel.unary_unary(SERVICE + name, request_serializer=_as_is,
-                                   response_deserializer=_as_is)
+        # No (de)serialiser: gRPC passes bytes through as they are, without a Python call.
+        return channel.unary_unary(SERVICE + name)
     request, response = METHODS[name]
     return channel.unary_unary(SERVICE + name, request_serializer=request.SerializeToString,
                                response_deserializer=response.FromString)
-
-
-def _as_is(payload: bytes) -> bytes:
-    return payload
 
 
 def model_missing(code: grpc.StatusCode | None, details: str) -> bool:
