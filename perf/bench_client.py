@@ -43,8 +43,8 @@ from offload_server import LocalServer
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"16 B": 4, "1 MB": 262_144, "16 MB": 4_194_304}  # float32 elements
 # glibc's malloc serves blocks above its mmap threshold (128 KiB at start, raised as such
-# blocks are freed) with fresh pages, and a fresh 1 MB buffer costs ~1.5 ms of page faults
-# here; whether a variant pays that depends on the order of earlier allocations. Pinned:
+# blocks are freed) with fresh pages: the stub floor took ~1.5 ms more at 1 MB here until
+# these were pinned; which variant pays depends on the order of earlier allocations.
 FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # glibc allows at most 32 MiB
                 "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20)}
 

@@ -208,12 +208,3 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
     assert f"cannot reach the Kubernetes API server at https://127.0.0.1:{port}" in \
         result.stderr
     assert "Traceback" not in result.stderr and "Retrying" not in result.stderr
-
-
-def test_thin_client_does_not_import_the_deploy_side() -> None:
-    code = ("import sys, offload, offload.cli; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('kubernetes', 'offload_deploy', 'yaml', 'rich')))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, check=True)
-    assert result.stdout.strip() == "[]"
