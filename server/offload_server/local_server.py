@@ -4,16 +4,27 @@
         client = offload.Client(server.grpc_url)
 
 Used by `offload serve`, by the tests, and by the client's `fallback="local"`.
+
+Triton listens only on unix sockets in the server's private working folder (mode 0700):
+nobody but this user reaches it there. The network sees the front process
+(:mod:`offload_server.front`) instead, which checks credentials per API, bounds request
+sizes and carries TLS. Without a user token, the server generates a secret for the APIs
+that change what it runs or show other clients' state (model repository, shared memory,
+trace, logging); `token` holds it, and `token_file` (mode 0600) too.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
+import http.client
 import json
 import logging
 import os
 import re
+import secrets
+import select
 import shutil
 import signal
 import socket
@@ -22,8 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offload.errors import ModelRepositoryError, PortInUseError, ServerStartError
-from offload.tokens import TOKEN_KEY
 from offload_server.triton_install import assemble_backends, find_triton
 
 log = logging.getLogger(__name__)
@@ -60,9 +68,21 @@ class ModelStatus:
     reason: str = ""
 
 
-#: What `token=` protects: every protocol but health, which probes need without a token.
-RESTRICTED = ("metadata,inference,shared-memory,model-config,model-repository,statistics,"
-              "trace,logging")
+#: Default bound on one request (a gRPC message, or an HTTP body): 64 MiB.
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+
+#: tritonserver flags that would open it beyond its private sockets, or that the front
+#: owns: refused in `extra_args`, with the LocalServer argument to use instead.
+FRONT_FLAGS = {
+    "--grpc-address": "host", "--grpc-port": "grpc_port", "--http-address": "http_host",
+    "--http-port": "http_port", "--metrics-address": "metrics_host",
+    "--metrics-port": "metrics_port", "--allow-http": "http_port",
+    "--allow-grpc": "grpc_port", "--allow-metrics": "metrics_port",
+    "--allow-sagemaker": None, "--sagemaker-port": None, "--allow-vertex-ai": None,
+    "--vertex-ai-port": None, "--grpc-use-ssl": "tls", "--grpc-use-ssl-mutual": "tls",
+    "--grpc-server-cert": "tls", "--grpc-server-key": "tls", "--grpc-root-cert": "tls",
+    "--model-repository": "repository", "--backend-directory": None,
+}
 
 
 @dataclass(frozen=True)
@@ -76,12 +96,15 @@ class ServerTLS:
 
 
 class LocalServer:
-    """A `tritonserver` child process serving a model repository on this machine.
+    """A `tritonserver` child process serving a model repository on this machine, behind
+    its front (see the module's docstring).
 
-    Ports given as 0 are chosen free at start. Without `models`, every model of the
-    repository is loaded (control mode `none`); with `models`, only those (mode `explicit`).
-    `start()` returns once the server and every requested model are ready, or raises
-    :class:`~offload.ServerStartError` carrying Triton's own error lines.
+    Ports given as 0 are chosen free at start; `http_port` and `metrics_port` None (the
+    default) leave those fronts off. `host` is where gRPC listens; HTTP and metrics listen
+    on `http_host` / `metrics_host` (127.0.0.1 unless given). Without `models`, every model
+    of the repository is loaded (control mode `none`); with `models`, only those (mode
+    `explicit`). `start()` returns once the server and every requested model are ready, or
+    raises :class:`~offload.ServerStartError` carrying Triton's own error lines.
     """
 
     def __init__(
@@ -91,8 +114,10 @@ class LocalServer:
         models: Sequence[str] | None = None,
         host: str = "127.0.0.1",
         grpc_port: int = 0,
-        http_port: int = 0,
-        metrics_port: int = 0,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        http_host: str = "127.0.0.1",
+        metrics_host: str = "127.0.0.1",
         model_control_mode: str | None = None,
         log_verbose: int = 0,
         auto_complete_config: bool = False,
@@ -101,6 +126,8 @@ class LocalServer:
         extra_args: Sequence[str] = (),
         token: str | None = None,
         tls: ServerTLS | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        shared_memory_sweep: float = 10.0,
         on_status: Callable[[str], None] | None = None,
         on_log_line: Callable[[str], None] | None = None,
     ) -> None:
@@ -114,19 +141,38 @@ class LocalServer:
                 f"models={list(models)} loads only those models, which needs "
                 f"model_control_mode='explicit' (got {mode!r})"
             )
+        for argument in extra_args:
+            flag = argument.split("=", 1)[0]
+            if flag in FRONT_FLAGS:
+                instead = FRONT_FLAGS[flag]
+                raise ValueError(
+                    f"{flag} cannot be passed to tritonserver here: Triton listens only on "
+                    "private sockets behind offload's front"
+                    + (f"; use LocalServer's {instead}= (offload serve's "
+                       f"--{instead.replace('_', '-')})" if instead else ""))
+        if max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
         self.model_control_mode = mode
         self.host = host
-        self._ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
+        self.http_host = http_host
+        self.metrics_host = metrics_host
+        self._ports: dict[str, int | None] = {"grpc": grpc_port, "http": http_port,
+                                              "metrics": metrics_port}
         self.log_verbose = log_verbose
         self.auto_complete_config = auto_complete_config
         self.exit_timeout = exit_timeout
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args)
-        self._token = token or None
+        self._user_token = bool(token)
+        self._token = token or secrets.token_urlsafe(32)
         self.tls = tls
+        self.max_request_bytes = max_request_bytes
+        #: seconds between sweeps for shared-memory regions of clients that are gone
+        self.shared_memory_sweep = shared_memory_sweep
         self._on_status = on_status
         self._on_log_line = on_log_line
         self._process: subprocess.Popen[bytes] | None = None
+        self._front: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
         self._log_tail: deque[str] = deque(maxlen=400)
         self._loaded: set[str] = set()
@@ -137,36 +183,67 @@ class LocalServer:
     # ----------------------------------------------------------------- addresses
     @property
     def grpc_port(self) -> int:
-        return self._ports["grpc"]
+        return self._ports["grpc"] or 0
 
     @property
-    def http_port(self) -> int:
+    def http_port(self) -> int | None:
+        """The HTTP front's port; None when it is off."""
         return self._ports["http"]
 
     @property
-    def metrics_port(self) -> int:
+    def metrics_port(self) -> int | None:
+        """The metrics front's port; None when it is off."""
         return self._ports["metrics"]
 
-    @property
-    def _connect_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+    @staticmethod
+    def _connectable(host: str) -> str:
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"[{host}]" if ":" in host else host
 
     @property
     def grpc_url(self) -> str:
-        """`host:port` of the gRPC endpoint, as gRPC clients take it."""
-        return f"{self._connect_host}:{self.grpc_port}"
+        """`host:port` of the gRPC front, as gRPC clients take it."""
+        return f"{self._connectable(self.host)}:{self.grpc_port}"
 
     @property
-    def http_url(self) -> str:
-        return f"http://{self._connect_host}:{self.http_port}"
+    def http_url(self) -> str | None:
+        if self.http_port is None:
+            return None
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self._connectable(self.http_host)}:{self.http_port}"
 
     @property
-    def metrics_url(self) -> str:
-        return f"http://{self._connect_host}:{self.metrics_port}/metrics"
+    def metrics_url(self) -> str | None:
+        if self.metrics_port is None:
+            return None
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self._connectable(self.metrics_host)}:{self.metrics_port}/metrics"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        """Triton's own gRPC socket, `unix:…`: no front, no credential, no size bound;
+        reachable only by this user (benchmarks of the client use it)."""
+        return f"unix:{self._socket('grpc')}"
+
+    @property
+    def token(self) -> str:
+        """The credential of this server's restricted APIs: the user's token, or the secret
+        generated at start (model repository, shared memory, trace and logging)."""
+        return self._token
+
+    @property
+    def token_file(self) -> Path | None:
+        """A file (mode 0600) holding `token`, while the server runs."""
+        return self._workdir / "token" if self._workdir is not None else None
 
     @property
     def pid(self) -> int | None:
+        """tritonserver's pid (also the process group of the server and its front)."""
         return self._process.pid if self._process else None
+
+    @property
+    def front_pid(self) -> int | None:
+        return self._front.pid if self._front else None
 
     @property
     def log_file(self) -> Path | None:
@@ -175,7 +252,8 @@ class LocalServer:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return (self._process is not None and self._process.poll() is None
+                and self._front is not None and self._front.poll() is None)
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> LocalServer:
@@ -193,30 +271,38 @@ class LocalServer:
                 "pass the folder that holds one sub-folder per model"
             )
         install = find_triton()
-        self._choose_ports()
+        self._check_ports()
+        # mkdtemp makes the folder mode 0700: Triton's sockets in it are this user's alone.
         self._workdir = Path(tempfile.mkdtemp(prefix="offload-triton-"))
+        if len(str(self._socket("metrics"))) > 100:  # sun_path holds 108 bytes
+            raise ServerStartError(f"the temporary folder {self._workdir} has too long a path "
+                                   "for unix sockets; set TMPDIR to a shorter one")
+        descriptor = os.open(self._workdir / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o600)
+        with os.fdopen(descriptor, "w") as token_file:
+            token_file.write(self._token + "\n")
         backends = assemble_backends(install, self._workdir / "backends")
         self._log_file = self._workdir / "tritonserver.log"
         command = [str(install.binary), *self._arguments(backends)]
-        log.info("starting %s", self._redact(" ".join(command)))
+        log.info("starting %s", " ".join(command))
+        environment = self._environment(install.library_dirs)
+        main_thread = threading.current_thread() is threading.main_thread()
         self._process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=self._environment(install.library_dirs),
-            # Its own process group, so that stop() reaches the Python-backend stubs too.
-            start_new_session=True,
-            # Linux ties the parent-death signal to the thread that forks: only the main
-            # thread lives as long as this process.
-            preexec_fn=_die_with_parent
-            if threading.current_thread() is threading.main_thread() else None,
+            env=environment,
+            # Its own process group, so that stop() reaches the Python-backend stubs and
+            # the front too; Ctrl-C in a terminal reaches only us, and we stop it.
+            preexec_fn=_child_setup(0, die_with_parent=main_thread),
         )
         _running.add(self)
         self._reader = threading.Thread(target=self._read_output, daemon=True,
                                          name=f"tritonserver-{self._process.pid}-log")
         self._reader.start()
         try:
+            self._start_front(environment, main_thread)
             self._wait_until_ready()
         except BaseException:
             self.stop()
@@ -224,8 +310,8 @@ class LocalServer:
         return self
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after `exit_timeout` + 5 s) and every
-        process of its group, then remove its working folder. Safe to call twice."""
+        """Stop the server (SIGTERM, then SIGKILL after `exit_timeout` + 5 s), its front and
+        every process of its group, then remove its working folder. Safe to call twice."""
         process = self._process
         if process is not None:
             if process.poll() is None:
@@ -242,6 +328,12 @@ class LocalServer:
             if self._reader is not None:
                 self._reader.join(timeout=5)
             _running.discard(self)
+        if self._front is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._front.kill()
+            self._front.wait()
+            if self._front.stdout is not None:
+                self._front.stdout.close()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -276,24 +368,30 @@ class LocalServer:
         return rows
 
     def ready(self) -> bool:
+        """Whether Triton answers that it is ready (asked on its own socket)."""
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
+            status, _ = self._triton_http("GET", "/v2/health/ready", timeout=2)
+        except OSError:
             return False
+        return status == 200
 
     # ------------------------------------------------------------------ internals
+    def _socket(self, kind: str) -> Path:
+        """Triton's unix socket of one kind (gRPC's path ends in ':<port>', as Triton joins
+        address and port; the HTTP servers ignore the port)."""
+        assert self._workdir is not None, "the server has not been started"
+        return self._workdir / ("grpc:1" if kind == "grpc" else kind)
+
     def _arguments(self, backends: Path) -> list[str]:
+        assert self._workdir is not None
+        private = f"unix:{self._workdir}"
         args = [
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             f"--model-control-mode={self.model_control_mode}",
-            f"--grpc-address={self.host}",
-            f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}",
-            f"--http-port={self.http_port}",
-            f"--metrics-address={self.host}",
-            f"--metrics-port={self.metrics_port}",
+            f"--grpc-address={private}/grpc", "--grpc-port=1",
+            f"--http-address={private}/http", "--http-port=1",
+            f"--metrics-address={private}/metrics", "--metrics-port=1",
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={self.exit_timeout}",
             # No GPU here: skip the NVML/DCGM probing that only warns on a CPU machine.
@@ -302,20 +400,58 @@ class LocalServer:
         if not self.auto_complete_config:
             args.append("--disable-auto-complete-config")
         args += [f"--load-model={name}" for name in self.models_requested or ()]
-        if self._token:
-            # Everything but health (probes stay open) needs the header; Triton compares
-            # it with this value. See README "Guarantees" on where the value is visible.
-            args += [f"--grpc-restricted-protocol={RESTRICTED}:{TOKEN_KEY}={self._token}",
-                     f"--http-restricted-api={RESTRICTED}:{TOKEN_KEY}={self._token}"]
-        if self.tls is not None:
-            args += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls.certificate}",
-                     f"--grpc-server-key={self.tls.private_key}"]
-            if self.tls.client_ca is not None:
-                args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.tls.client_ca}"]
         return args + self.extra_args
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
+    def _check_ports(self) -> None:
+        """Refuse a taken port before starting anything (the front's bind decides in the
+        end; this only saves starting Triton in vain)."""
+        hosts = {"grpc": self.host, "http": self.http_host, "metrics": self.metrics_host}
+        for kind, port in self._ports.items():
+            if port and not _port_is_free(hosts[kind], port):
+                raise _port_in_use(kind, hosts[kind], port)
+
+    def _start_front(self, environment: dict[str, str], main_thread: bool) -> None:
+        """Start the front in tritonserver's process group; it binds the listeners and
+        says which ports it got (or why it could not)."""
+        assert self._process is not None
+        listeners = {"grpc": self.host, "http": self.http_host, "metrics": self.metrics_host}
+        config = {
+            "upstream": {kind: str(self._socket(kind)) for kind in ("grpc", "http", "metrics")},
+            "triton_pid": self._process.pid,
+            "token": self._token,
+            "user_token": self._user_token,
+            "max_request_bytes": self.max_request_bytes,
+            "tls": None if self.tls is None else {
+                "certificate": str(self.tls.certificate),
+                "private_key": str(self.tls.private_key),
+                "client_ca": None if self.tls.client_ca is None else str(self.tls.client_ca)},
+            "log_level": "INFO" if self.log_verbose else "WARNING",
+            "janitor_interval": self.shared_memory_sweep,
+            **{kind: None if self._ports[kind] is None else [host, self._ports[kind]]
+               for kind, host in listeners.items()},
+        }
+        self._front = subprocess.Popen(
+            [sys.executable, "-m", "offload_server.front"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=environment,
+            preexec_fn=_child_setup(self._process.pid, die_with_parent=main_thread))
+        assert self._front.stdin is not None and self._front.stdout is not None
+        self._front.stdin.write(json.dumps(config).encode() + b"\n")
+        self._front.stdin.close()
+        ready, _, _ = select.select([self._front.stdout], [], [], 60)
+        line = self._front.stdout.readline() if ready else b""
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            raise ServerStartError("offload's front process did not start (no answer in 60 s"
+                                   f"; exit code {self._front.poll()})") from None
+        if "error" in answer:
+            kind = answer["listener"]
+            host, port = listeners[kind], self._ports[kind]
+            if answer.get("errno") == errno.EADDRINUSE:
+                raise _port_in_use(kind, host, port)
+            raise ServerStartError(f"cannot listen for {kind} on {host}:{port}: "
+                                   f"{answer['error']}")
+        self._ports.update(answer["ports"])
 
     def _environment(self, library_dirs: list[Path]) -> dict[str, str]:
         env = dict(os.environ)
@@ -330,21 +466,6 @@ class LocalServer:
         env["PYTHONPATH"] = os.pathsep.join([*sorted(sources), env.get("PYTHONPATH", "")])
         env["PYTHONPATH"] = env["PYTHONPATH"].rstrip(os.pathsep)
         return env
-
-    def _choose_ports(self) -> None:
-        flags = {"grpc": "--grpc-port", "http": "--http-port", "metrics": "--metrics-port"}
-        taken: set[int] = set()
-        for kind, port in self._ports.items():
-            if port == 0:
-                port = _free_port(self.host, taken)
-            elif not _port_is_free(self.host, port):
-                raise PortInUseError(
-                    f"{kind} port {port} on {self.host} is already in use (another "
-                    f"tritonserver?); stop that process or choose another with {flags[kind]} "
-                    f"(0 picks a free one)"
-                )
-            taken.add(port)
-            self._ports[kind] = port
 
     def _read_output(self) -> None:
         assert self._process is not None and self._process.stdout is not None
@@ -413,13 +534,23 @@ class LocalServer:
         if self._on_status is not None:
             self._on_status(text)
 
+    def _triton_http(self, method: str, path: str, *,
+                     timeout: float = 10) -> tuple[int, bytes]:
+        """A request to Triton's own HTTP socket: (status, body)."""
+        connection = _UnixHTTPConnection(str(self._socket("http")), timeout)
+        try:
+            connection.request(method, path, body=b"{}" if method == "POST" else None)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
     def _http_json(self, method: str, path: str) -> list | dict:
-        request = urllib.request.Request(f"{self.http_url}{path}", method=method,
-                                         data=b"{}" if method == "POST" else None,
-                                         headers={TOKEN_KEY: self._token} if self._token
-                                         else {})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        status, body = self._triton_http(method, path)
+        if status != 200:
+            raise ServerStartError(f"tritonserver answered {status} to {method} {path}: "
+                                   f"{body[:200]!r}")
+        return json.loads(body)
 
 
 def _readable(line: str) -> str:
@@ -435,11 +566,19 @@ def _project_modules() -> list:
     return [offload, offload_server]
 
 
+def _port_in_use(kind: str, host: str, port: int | None) -> PortInUseError:
+    flag = {"grpc": "--grpc-port", "http": "--http-port", "metrics": "--metrics-port"}[kind]
+    return PortInUseError(f"{kind} port {port} on {host} is already in use (another "
+                          f"tritonserver?); stop that process or choose another with {flag} "
+                          "(0 picks a free one)")
+
+
 def _port_is_free(host: str, port: int) -> bool:
-    """Whether nothing listens on the port. SO_REUSEADDR, as gRPC's own listener sets it:
+    """Whether nothing listens on the port. SO_REUSEADDR, as the front's listener sets it:
     connections of a server that just died (TIME_WAIT) do not hold the port, so a server
     restarted on its old port starts; a live listener still refuses the bind."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
@@ -448,24 +587,34 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_port(host: str, avoid: set[int]) -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-        if port not in avoid:
-            return port
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL tritonserver if we die first, so a
-    crashed test or job never leaves a server behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _child_setup(process_group: int, *, die_with_parent: bool) -> Callable[[], None]:
+    """What a child does before exec: join `process_group` (0: a new one of its own) and,
+    when started from the main thread (Linux ties the parent-death signal to the thread
+    that forks, and only the main thread lives as long as this process), ask Linux to
+    SIGKILL it if we die first, so that a crashed test or job never leaves a server."""
 
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    def setup() -> None:
+        os.setpgid(0, process_group)
+        if die_with_parent and sys.platform.startswith("linux"):
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig,
+                                                               signal.SIGKILL)
+
+    return setup
 
 
 @atexit.register
