@@ -30,6 +30,7 @@ from offload.errors import (
     ServerOverloadedError,
     ServerStartError,
     ServerUnavailableError,
+    SharedMemoryError,
     TritonNotInstalledError,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "ServerOverloadedError",
     "ServerStartError",
     "ServerUnavailableError",
+    "SharedMemoryError",
     "TritonNotInstalledError",
     "__version__",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 
 from offload import tensors
 from offload.client import Client, Model, _Attempts, _pb, drive, pipelined
-from offload.errors import ModelNotFoundError
+from offload.errors import AuthenticationError, ModelNotFoundError, OffloadError
 from offload.stats import StatsRecorder
 
 
@@ -43,9 +43,16 @@ class AsyncClient(Client):
                 config = await self._acall("ModelConfig", pb.ModelConfigRequest(
                     name=name, version=key[1]), model=name)
             except ModelNotFoundError as error:
-                index = await self.models()
-                names = ", ".join(sorted(m["name"] for m in index if m["state"] == "READY"))
-                raise ModelNotFoundError(f"{error}; the server has: {names or 'no ready model'}",
+                try:
+                    index = await self.models()
+                except AuthenticationError:
+                    names = "(its model index needs the server's token)"
+                except OffloadError:
+                    names = "(could not list)"
+                else:
+                    names = ", ".join(sorted(m["name"] for m in index
+                                             if m["state"] == "READY")) or "no ready model"
+                raise ModelNotFoundError(f"{error}; the server has: {names}",
                                          model=name) from None
             self._models[key] = AsyncModel(self, tensors.model_info(metadata, config), key[1])
         return self._models[key]  # type: ignore[return-value]
@@ -59,7 +66,8 @@ class AsyncClient(Client):
         for endpoint in self._pool.endpoints:
             try:
                 response = await endpoint.aio_method("ServerReady")(
-                    _pb().ServerReadyRequest(), timeout=5, metadata=self._metadata)
+                    _pb().ServerReadyRequest(), timeout=5,
+                    metadata=endpoint.call_options.get("metadata"))
             except grpc.RpcError:
                 continue
             if response.ready:

@@ -24,6 +24,9 @@ def add_server_argument(parser: argparse.ArgumentParser) -> None:
                         help="use TLS with the system's CAs (the token, if any, comes from "
                              "$OFFLOAD_TOKEN)")
     parser.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA bundle")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help="read the token from this file (e.g. the one `offload serve` "
+                             "prints); default: $OFFLOAD_TOKEN")
 
 
 def _client(args: argparse.Namespace):
@@ -34,7 +37,15 @@ def _client(args: argparse.Namespace):
 
     servers = args.servers or os.environ.get(SERVERS_VARIABLE) or "127.0.0.1:8001"
     tls = TLS(root_certificates=args.tls_ca) if args.tls or args.tls_ca else None
-    return Client(servers, timeout=args.timeout, tls=tls)
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file) as source:
+                token = source.read().strip()
+        except OSError as error:
+            raise SystemExit(f"offload: cannot read --token-file {args.token_file}: "
+                             f"{error.strerror}") from None
+    return Client(servers, timeout=args.timeout, tls=tls, token=token)
 
 
 # ------------------------------------------------------------------ models

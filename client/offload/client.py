@@ -33,11 +33,13 @@ import numpy as np
 from offload import tensors
 from offload.endpoints import TLS, Backoff, Endpoint, EndpointPool, parse_servers
 from offload.errors import (
+    AuthenticationError,
     DeadlineExceededError,
     InferenceError,
     ModelNotFoundError,
     OffloadError,
     ServerUnavailableError,
+    SharedMemoryError,
 )
 from offload.stats import ClientStats, ServerStats, StatsRecorder, server_stats
 from offload.tensors import ModelInfo, TensorInfo
@@ -58,10 +60,11 @@ class Client:
             OFFLOAD_SERVERS environment variable.
         timeout: overall deadline of one call in seconds, retries included.
         retries: how many times a request is sent again after UNAVAILABLE or a full queue.
-        token: a secret sent with every call, as `authorization: Bearer …` (for the JWT
-            proxy of a Kubernetes deployment) and as `triton-grpc-protocol-offload-token`
-            (for `offload serve --token-file`, Triton's restricted protocol); default: the
-            OFFLOAD_TOKEN environment variable. Never logged nor put in error messages.
+        token: a secret sent with every call, as `authorization: Bearer …` (read by
+            `offload serve` and by the JWT proxy of a Kubernetes deployment) and as
+            `triton-grpc-protocol-offload-token` (for a Triton started with that
+            restricted-protocol key); default: the OFFLOAD_TOKEN environment variable.
+            Never logged nor put in error messages.
         headers: further gRPC metadata sent with every call.
         tls: a :class:`TLS` to use TLS (root certificates, optional client certificate).
         compression: "gzip" or "deflate" for requests (None: off).
@@ -112,15 +115,9 @@ class Client:
         if keepalive:
             self._options += [("grpc.keepalive_time_ms", int(keepalive * 1000)),
                               ("grpc.keepalive_timeout_ms", 20_000)]
-        metadata = dict(headers or {})
-        token = token if token is not None else os.environ.get(TOKEN_VARIABLE) or None
-        if token:
-            metadata["authorization"] = f"Bearer {token}"
-            metadata.setdefault(TOKEN_HEADER, token)
-        self._metadata = tuple((k.lower(), v) for k, v in metadata.items()) or None
-        self._call_options = {key: value for key, value in (
-            ("metadata", self._metadata), ("compression", self._compression))
-            if value is not None}
+        self._headers = dict(headers or {})
+        self._token = token if token is not None else os.environ.get(TOKEN_VARIABLE) or None
+        self._call_options = self._options_for(self._token)
         self._pool = EndpointPool([self._endpoint(a) for a in addresses])
         self._models: dict[tuple[str, str], Model] = {}
         self._lock = threading.Lock()
@@ -169,9 +166,9 @@ class Client:
         status = {}
         for endpoint in self._pool.endpoints:
             try:
-                ready = endpoint.method("ServerReady")(_pb().ServerReadyRequest(),
-                                                       timeout=timeout,
-                                                       metadata=self._metadata).ready
+                ready = endpoint.method("ServerReady")(
+                    _pb().ServerReadyRequest(), timeout=timeout,
+                    metadata=endpoint.call_options.get("metadata")).ready
             except grpc.RpcError:
                 ready = False
             endpoint.record_probe(ready)
@@ -204,8 +201,24 @@ class Client:
         self.close()
 
     # ---------------------------------------------------------------- internals
-    def _endpoint(self, address: str) -> Endpoint:
-        return Endpoint(address, tls=self._tls, options=self._options)
+    def _endpoint(self, address: str, token: str | None = None) -> Endpoint:
+        """A server; `token` replaces the client's own for it (a fallback server's)."""
+        endpoint = Endpoint(address, tls=self._tls, options=self._options)
+        endpoint.call_options = self._call_options if token is None else \
+            self._options_for(token)
+        return endpoint
+
+    def _options_for(self, token: str | None) -> dict[str, Any]:
+        """The call options that go with every call: headers, the token, compression (only
+        those in use: each keyword costs gRPC a few µs per call)."""
+        metadata = dict(self._headers)
+        if token:
+            metadata["authorization"] = f"Bearer {token}"
+            metadata.setdefault(TOKEN_HEADER, token)
+        pairs = tuple((k.lower(), v) for k, v in metadata.items()) or None
+        return {key: value for key, value in (("metadata", pairs),
+                                              ("compression", self._compression))
+                if value is not None}
 
     def _fetch_info(self, name: str, version: str) -> ModelInfo:
         try:
@@ -234,6 +247,8 @@ class Client:
     def _known_models(self) -> str:
         try:
             names = sorted({m["name"] for m in self.models() if m["state"] == "READY"})
+        except AuthenticationError:
+            return "(its model index needs the server's token)"
         except OffloadError:
             return "(could not list)"
         return ", ".join(names) or "no ready model"
@@ -251,9 +266,8 @@ class Client:
         endpoint = self._pool.choose()
         endpoint.began()
         try:
-            # Only the options in use: each keyword costs gRPC a few µs per call.
             response = endpoint.method(method)(request, timeout=deadline - started,
-                                               **self._call_options)
+                                               **endpoint.call_options)
         except grpc.RpcError as error:
             attempts = _Attempts(self, method, request, model, rows, stats, deadline)
             attempts.last_server = endpoint.address
@@ -290,11 +304,15 @@ class Client:
             log.warning("no server reachable: starting a local one with %s", self.repository)
             models = sorted({m for (m, _) in self._models} | ({model} if model else set()))
             try:
-                self._local_server = LocalServer(self.repository, models=models or None).start()
+                # With this client's token, if it has one; else the server generates one
+                # for its restricted APIs, and this client is the one that holds it.
+                self._local_server = LocalServer(self.repository, models=models or None,
+                                                 token=self._token).start()
             except OffloadError as error:
                 log.error("local fallback server failed to start: %s", error)
                 return False
-            self._pool.add(self._endpoint(self._local_server.grpc_url))
+            self._pool.add(self._endpoint(self._local_server.grpc_url,
+                                          token=self._local_server.token))
             return True
 
 
@@ -352,7 +370,7 @@ async def drive(attempts: _Attempts) -> Any:
         started = time.monotonic()
         try:
             response = await endpoint.aio_method(attempts.method)(
-                attempts.request, timeout=remaining, **attempts.client._call_options)
+                attempts.request, timeout=remaining, **endpoint.call_options)
         except grpc.RpcError as error:
             await asyncio.sleep(attempts._failed(endpoint, error))
             continue
@@ -380,7 +398,7 @@ class _Attempts:
             started = time.monotonic()
             try:
                 response = endpoint.method(self.method)(
-                    self.request, timeout=remaining, **self.client._call_options)
+                    self.request, timeout=remaining, **endpoint.call_options)
             except grpc.RpcError as error:
                 time.sleep(self._failed(endpoint, error))
                 continue
@@ -557,14 +575,24 @@ class Model:
         from offload import shm
 
         client = self._client
+        deadline = time.monotonic() + (timeout or client.timeout)
         where = shm.layout(target.info, piece)
         region = client._regions.acquire(where.nbytes)
         try:
             shm.write_inputs(region, target.info, piece, where)
             request = shm.build_request(_pb(), target.info, piece, target.version, region,
                                         where)
-            response = client._call("ModelInfer", request, model=self.name, timeout=timeout,
-                                    rows=piece.batch or 1, stats=self._stats)
+            try:
+                response = client._call("ModelInfer", request, model=self.name,
+                                        timeout=timeout, rows=piece.batch or 1,
+                                        stats=self._stats)
+            except SharedMemoryError:
+                # The server lost the region (it restarted, or someone unregistered it):
+                # register it again and send once more; a refusal raises its own error.
+                client._regions.reregister(region)
+                response = client._call("ModelInfer", request, model=self.name,
+                                        timeout=max(deadline - time.monotonic(), 1e-3),
+                                        rows=piece.batch or 1, stats=self._stats)
             return shm.read_outputs(_pb(), response, region, where, target.info)
         finally:
             client._regions.release(region)

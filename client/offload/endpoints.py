@@ -87,6 +87,8 @@ class Endpoint:
         else:
             self.channel = grpc.insecure_channel(address, options=options)
         self._tls, self._options = tls, options
+        #: keyword arguments of every call to this server (metadata, compression)
+        self.call_options: dict[str, object] = {}
         self._init_state()
 
     def _init_state(self) -> None:

@@ -85,3 +85,8 @@ class ProtocolError(InferenceError):
 class AuthenticationError(InferenceError, PermissionError):
     """The server (or a proxy in front of it) refused the credentials: a missing or wrong
     token or header. Not retried."""
+
+
+class SharedMemoryError(InferenceError):
+    """A shared-memory region could not be registered with the server, or the server lost
+    it (restarted, or the region was unregistered) and registering it again failed."""

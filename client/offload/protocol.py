@@ -20,6 +20,7 @@ from offload.errors import (
     ServerInferenceError,
     ServerOverloadedError,
     ServerUnavailableError,
+    SharedMemoryError,
 )
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -81,8 +82,17 @@ def method(channel: grpc.Channel, name: str) -> grpc.UnaryUnaryMultiCallable:
                                response_deserializer=response.FromString)
 
 
+def region_missing(details: str) -> bool:
+    """Whether the server says it has no shared-memory region of the name a request used
+    (it restarted, or the region was unregistered): Triton answers NOT_FOUND, like a
+    missing model."""
+    return "shared memory region" in details.lower()
+
+
 def model_missing(code: grpc.StatusCode | None, details: str) -> bool:
     """Whether the server says it has no such model (or version), or it is not ready."""
+    if region_missing(details):
+        return False
     return code == grpc.StatusCode.NOT_FOUND or (
         code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
         and ("unknown model" in details or "is not found" in details
@@ -95,13 +105,17 @@ def translate(error: grpc.RpcError, *, model: str | None, server: str) -> Infere
     details = (error.details() if hasattr(error, "details") else str(error)) or ""
     where = f"model '{model}' on {server}" if model else server
     if refused_credentials(code, details):
-        return AuthenticationError(f"{where} refused the credentials: {details} (pass the "
-                                   "token or headers it expects to offload.Client)", model=model)
+        advice = "" if "offload.Client(" in details else \
+            " (pass the token or headers it expects to offload.Client)"
+        return AuthenticationError(f"{where} refused the credentials: {details}{advice}",
+                                   model=model)
     if overloaded(code, details):
         return ServerOverloadedError(f"{where}: refused by the model's queue policy, the "
                                      f"queue is full or too slow ({details}); retries ran "
                                      "out: send less, or add servers",
                                      model=model)
+    if region_missing(details):
+        return SharedMemoryError(f"{where}: {details}", model=model)
     if model_missing(code, details):
         return ModelNotFoundError(f"{where}: {details}", model=model)
     if code == grpc.StatusCode.UNAVAILABLE:

@@ -11,18 +11,49 @@ perf/RESULTS.md records when it pays.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import secrets
 import threading
-import uuid
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 
 import numpy as np
 
 from offload import dtypes
-from offload.errors import InvalidInputError
+from offload.errors import (
+    AuthenticationError,
+    InferenceError,
+    InvalidInputError,
+    SharedMemoryError,
+)
 from offload.tensors import ModelInfo, Prepared
 
 _ALIGN = 64
+_NAME = re.compile(r"offload-(\d+)-(\d+)-[0-9a-f]{32}")
+
+
+def _start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (0 where /proc has none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def region_name() -> str:
+    """A name for a new region: its owner (pid and start time, so that the server's janitor
+    can unregister the regions of a process that died) and 128 random bits, so that no
+    other client can guess it."""
+    pid = os.getpid()
+    return f"offload-{pid}-{_start_time(pid)}-{secrets.token_hex(16)}"
+
+
+def region_owner(name: str) -> tuple[int, int] | None:
+    """(pid, start time) of the process that registered a region named by region_name()."""
+    match = _NAME.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _aligned(n: int) -> int:
@@ -55,7 +86,7 @@ class RegionPool:
             if self._free.get(size):
                 return self._free[size].pop()
         memory = shared_memory.SharedMemory(create=True, size=size)
-        region = Region(f"offload-{uuid.uuid4().hex[:12]}", memory, size)
+        region = Region(region_name(), memory, size)
         try:
             self._register(region)
         except BaseException:
@@ -65,6 +96,18 @@ class RegionPool:
         with self._lock:
             self._all.append(region)
         return region
+
+    def reregister(self, region: Region) -> None:
+        """Register a region the server lost; a refusal raises (AuthenticationError when
+        the server wants a token, SharedMemoryError otherwise)."""
+        try:
+            self._register(region)
+        except InferenceError as error:
+            if isinstance(error, AuthenticationError | SharedMemoryError):
+                raise
+            raise SharedMemoryError(f"shared-memory region {region.name} was lost by the "
+                                    f"server and could not be registered again: {error}",
+                                    model=error.model) from error
 
     def release(self, region: Region) -> None:
         with self._lock:
