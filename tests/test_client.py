@@ -14,7 +14,7 @@ import pytest
 import tiny_models as tm
 
 import offload
-from offload_server import LocalServer
+from offload_server import LocalServer, ServerTLS
 
 
 @pytest.fixture(scope="module")
@@ -237,11 +237,17 @@ def test_non_finite_values_may_be_sent_when_asked(server):
         assert np.isnan(client.model("echo_fp32").infer(INPUT0=x[0])["OUTPUT0"]).all()
 
 
-def test_unknown_model_and_version(client):
-    with pytest.raises(offload.ModelNotFoundError, match=r"model 'nope'.*the server has: .*mlp"):
+def test_unknown_model_and_version(client, server):
+    # The model index needs the server's token: a client without it says so ...
+    with pytest.raises(offload.ModelNotFoundError,
+                       match=r"model 'nope'.*the server has: \(its model index needs"):
         client.model("nope")
     with pytest.raises(offload.ModelNotFoundError, match="mlp"):
         client.model("mlp", version=7)
+    # ... and one with it lists what the server has.
+    with offload.Client(server.grpc_url, token=server.token) as holder, \
+            pytest.raises(offload.ModelNotFoundError, match=r"the server has: .*mlp"):
+        holder.model("nope")
 
 
 def test_message_over_the_limit_is_refused_locally(server):
@@ -319,7 +325,12 @@ def test_command_line_models_infer_stats(server, reference, tmp_path):
     import sys
 
     offload_cli = [sys.executable, "-m", "offload.cli"]
-    listed = subprocess.run([*offload_cli, "models", "--server", server.grpc_url],
+    refused = subprocess.run([*offload_cli, "models", "--server", server.grpc_url],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1  # the model index needs the server's token
+    assert "model-repository API of this server needs its token" in refused.stderr
+    listed = subprocess.run([*offload_cli, "models", "--server", server.grpc_url,
+                             "--token-file", str(server.token_file)],
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert any(line.split()[:3] == ["mlp", "1", "READY"] for line in listed.stdout.splitlines())
@@ -371,9 +382,7 @@ def test_tls(repo, tmp_path):
                     str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=60)
-    with LocalServer(repo, models=["mlp"], extra_args=[
-            "--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
-                     ) as secured:
+    with LocalServer(repo, models=["mlp"], tls=ServerTLS(cert, key)) as secured:
         with offload.Client(secured.grpc_url, tls=offload.TLS(root_certificates=str(cert))
                             ) as client:
             assert client.model("mlp").infer(x=_x(2))["y"].shape == (2, tm.N_OUT)
@@ -384,7 +393,7 @@ def test_tls(repo, tmp_path):
 
 
 def test_shared_memory_with_a_server_on_this_host(server, reference):
-    with offload.Client(server.grpc_url, shared_memory=True) as client:
+    with offload.Client(server.grpc_url, shared_memory=True, token=server.token) as client:
         model = client.model("mlp")
         for rows in (1, 2500):  # one region, then split pieces reusing regions
             x = _x(rows, rows)

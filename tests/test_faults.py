@@ -145,16 +145,17 @@ def test_model_unloaded_mid_run(repo, reference):
     with LocalServer(repo, models=["mlp"]) as server, \
             offload.Client(server.grpc_url, retries=2) as client:
         admin = grpcclient.InferenceServerClient(server.grpc_url)
+        token = {"authorization": f"Bearer {server.token}"}  # the repository API needs it
         model = client.model("mlp")
         outcomes = run_ledger(model, 150, in_flight=4, reference=reference,
-                              events={60: lambda: admin.unload_model("mlp")})
+                              events={60: lambda: admin.unload_model("mlp", headers=token)})
         first_missing = next(i for i, e in outcomes if e is not None)
         assert 60 - 4 <= first_missing <= 60 + 4  # those in flight at the unload may finish
         after = outcomes[first_missing:]
         assert all(isinstance(e, offload.ModelNotFoundError) for _, e in after), after[:3]
         assert "model 'mlp'" in str(after[0][1])
         assert model.stats().retries == 0  # an unloaded model is not a dead server
-        admin.load_model("mlp")  # back: served again through the same handle
+        admin.load_model("mlp", headers=token)  # back: served again through the same handle
         x = np.ones((1, N), np.float32)
         np.testing.assert_allclose(model.infer(x=x)["y"], reference(x)["y"], rtol=1e-5,
                                    atol=1e-5)

@@ -17,6 +17,7 @@ import pytest
 import tiny_models as tm
 import tritonclient.grpc as grpcclient
 from conftest import group_alive, stop_group
+from tritonclient.utils import InferenceServerException
 
 from offload import PortInUseError
 from offload_server import LocalServer
@@ -141,10 +142,16 @@ def test_offload_serve_is_ready_for_plain_tritonclient_and_stops_on_signal(small
     try:
         triton_pid = int(serve.wait_for(r"tritonserver ready \(pid (\d+)").group(1))
         grpc_url = serve.wait_for(r"gRPC\s+(\S+)").group(1)
+        token_file = Path(serve.wait_for(r"token\s+(\S+)  \(generated").group(1))
+        assert token_file.stat().st_mode & 0o077 == 0  # this user's alone
         serve.wait_for(r"mlp_b .*READY")
         client = grpcclient.InferenceServerClient(grpc_url)
         assert client.is_server_ready()
-        index = client.get_model_repository_index(as_json=True)["models"]
+        with pytest.raises(InferenceServerException, match="needs its token"):
+            client.get_model_repository_index()  # it may load models: not without the token
+        index = client.get_model_repository_index(
+            as_json=True, headers={"authorization": f"Bearer {token_file.read_text().strip()}"}
+        )["models"]
         assert {(m["name"], m["state"]) for m in index} == {("mlp_a", "READY"), ("mlp_b", "READY")}
         client.close()
         started = time.monotonic()

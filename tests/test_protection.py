@@ -1,6 +1,7 @@
-"""Protection of the embedded server: a token on every request but health checks (Triton's
-restricted protocol, through `offload serve --token-file`), TLS and mutual TLS on gRPC with
-certificates made for the test, and no secret in logs, outputs or error messages."""
+"""Protection of the embedded server: a token on every request but health checks (checked
+by the server's front, through `offload serve --token-file`), TLS and mutual TLS with
+certificates made for the test, and no secret in logs, outputs, error messages or any
+process's command line."""
 
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def test_offload_serve_with_a_token_refuses_requests_without_it(repo, tmp_path, 
     triton_pid = None
     try:
         triton_pid = int(serve.wait_for(r"tritonserver ready \(pid (\d+)").group(1))
-        serve.wait_for(r"protected: token from")
-        grpc_url = serve.wait_for(r"gRPC\s+(\S+)").group(1)
+        grpc_url = serve.wait_for(r"gRPC\s+(\S+)  \(plain; health open").group(1)
+        serve.wait_for(rf"token\s+{token_file}")
         http_url = serve.wait_for(r"HTTP\s+(\S+)").group(1)
         serve.wait_for(r"mlp .*READY")  # the model table still lists models (it has the token)
         caplog.set_level(logging.DEBUG, logger="offload")
@@ -62,8 +63,8 @@ def test_offload_serve_with_a_token_refuses_requests_without_it(repo, tmp_path, 
         for token in (None, "not-the-token"):
             with offload.Client(grpc_url, token=token, retries=3) as client:
                 with pytest.raises(offload.AuthenticationError,
-                                   match="expecting header 'triton-grpc-protocol-offload-"
-                                         "token'") as refused:
+                                   match="'authorization: Bearer <token>' or 'triton-grpc-"
+                                         "protocol-offload-token'") as refused:
                     client.model("mlp")
                 assert SECRET not in str(refused.value)
         # The right token, given or from the environment: served.
@@ -75,12 +76,19 @@ def test_offload_serve_with_a_token_refuses_requests_without_it(repo, tmp_path, 
             assert client.model("mlp").infer(x=_x(1))["y"].shape == (1, tm.N_OUT)
         # HTTP: health stays open for probes, the rest needs the header.
         assert _status(f"{http_url}/v2/health/ready") == 200
-        assert _status(f"{http_url}/v2/models/mlp") == 403
+        assert _status(f"{http_url}/v2/models/mlp") == 401
+        assert _status(f"{http_url}/v2/models/mlp",
+                       headers={"Authorization": "Bearer not-the-token"}) == 403
         assert _status(f"{http_url}/v2/models/mlp", headers={"offload-token": SECRET}) == 200
+        assert _status(f"{http_url}/v2/models/mlp",
+                       headers={"Authorization": f"Bearer {SECRET}"}) == 200
 
         serve.process.send_signal(signal.SIGINT)
         assert serve.process.wait(timeout=30) == 0
         output = serve.output()
+        printed = " ".join(output.split())  # (rich wraps long lines)
+        assert "health open; everything else needs the token" in printed
+        assert "needs the token as 'Authorization: Bearer'" in printed  # metrics too
         assert "stopped." in output
         assert SECRET not in output
         assert SECRET not in caplog.text
@@ -92,7 +100,7 @@ def test_offload_serve_with_a_token_refuses_requests_without_it(repo, tmp_path, 
 
 
 @pytest.mark.parametrize("content, message", [("", "is empty"),
-                                              ("a:b", "may not contain")])
+                                              ("a b", "printable ASCII without spaces")])
 def test_offload_serve_refuses_an_unusable_token_file(repo, tmp_path, content, message):
     token_file = tmp_path / "token"
     token_file.write_text(content)
@@ -102,14 +110,26 @@ def test_offload_serve_refuses_an_unusable_token_file(repo, tmp_path, content, m
     assert message in " ".join(serve.output().split())  # (rich wraps long lines)
 
 
-def test_local_server_logs_carry_no_token(repo, caplog):
+def _command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_no_token_in_logs_or_on_any_command_line(repo, caplog):
+    """Other users of the host read every process's command line (ps): the token reaches
+    neither tritonserver's nor the front's, nor Triton's log, nor ours."""
     caplog.set_level(logging.DEBUG)
     with LocalServer(repo, token=SECRET) as server:
-        assert [m.name for m in server.models()] == ["mlp"]  # its own calls carry the token
+        assert [m.name for m in server.models()] == ["mlp"]
         log_text = Path(server.log_file).read_text()
-    assert "--grpc-restricted-protocol" in caplog.text  # the command line was logged ...
-    assert SECRET not in caplog.text  # ... without the value
-    assert SECRET not in log_text
+        assert server.pid is not None and server.front_pid is not None
+        lines = {pid: _command_line(pid) for pid in (server.pid, server.front_pid)}
+        with offload.Client(server.grpc_url, token=SECRET) as client:
+            assert client.model("mlp").infer(x=_x(1))["y"].shape == (1, tm.N_OUT)
+    assert "--model-repository" in lines[server.pid]  # the right processes were read ...
+    assert "offload_server.front" in lines[server.front_pid]
+    assert "--model-repository" in caplog.text  # ... and the command line was logged ...
+    for text in (*lines.values(), caplog.text, log_text):
+        assert SECRET not in text  # ... without the token anywhere
 
 
 @pytest.fixture(scope="module")
