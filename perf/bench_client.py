@@ -1,6 +1,7 @@
 """The client's own cost: offload vs a raw gRPC stub (the floor) vs NVIDIA's tritonclient.
 
-All three talk to the same embedded tritonserver and the same identity model (Triton's
+All three talk to the same embedded tritonserver (on its own unix socket, not through
+offload's front: perf/bench_front.py measures that) and the same identity model (Triton's
 Python backend echoing an FP32 tensor), side by side in one run:
 
 - per call, at 16 B, 1 MB and 16 MB. *floor*, as the issue defines it: the generated gRPC
@@ -213,30 +214,34 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"machine": machine(), "malloc": args.malloc, "per_call": [],
                     "pipelined": []}
     with tempfile.TemporaryDirectory() as scratch, \
-            LocalServer(identity_repository(Path(scratch))) as server, \
-            offload.Client(server.grpc_url) as client, \
-            offload.Client(server.grpc_url, shared_memory=True) as shm_client:
-        model = client.model("identity")
-        shm_model = shm_client.model("identity")
-        for label in args.sizes:
-            x = np.random.default_rng(0).random(SIZES[label], dtype=np.float32)
-            console.print(f"per call {label}: 5 interleaved rounds")
-            medians = interleaved({
-                "wire floor": wire_floor_call(server.grpc_url, x),
-                "floor": floor_call(server.grpc_url, x),
-                "floor built": floor_built_call(server.grpc_url, x),
-                "offload": lambda x=x: model.infer(INPUT0=x),
-                "offload shm": lambda x=x: shm_model.infer(INPUT0=x),
-                "tritonclient": tritonclient_call(server.grpc_url, x)}, args.seconds * 4)
-            record["per_call"].append({"size": label} | {k: v * 1e3 for k, v in medians.items()})
-        x = np.ones(4, np.float32)
-        sync = per_call(tritonclient_call(server.grpc_url, x), args.seconds)[1]
-        for depth in args.depths:
-            console.print(f"pipelined depth {depth}")
-            record["pipelined"].append({
-                "depth": depth, "tritonclient_sync_loop": sync,
-                "offload_futures": pipelined_offload(model, x, depth, args.seconds),
-                "offload_asyncio": pipelined_async(server.grpc_url, x, depth, args.seconds)})
+            LocalServer(identity_repository(Path(scratch))) as server:
+        # Every client talks to Triton's own socket: this measures the clients, not the
+        # server's front (perf/bench_front.py measures that).
+        url = server.triton_grpc_url
+        with offload.Client(url) as client, \
+                offload.Client(url, shared_memory=True) as shm_client:
+            model = client.model("identity")
+            shm_model = shm_client.model("identity")
+            for label in args.sizes:
+                x = np.random.default_rng(0).random(SIZES[label], dtype=np.float32)
+                console.print(f"per call {label}: 5 interleaved rounds")
+                medians = interleaved({
+                    "wire floor": wire_floor_call(url, x),
+                    "floor": floor_call(url, x),
+                    "floor built": floor_built_call(url, x),
+                    "offload": lambda x=x: model.infer(INPUT0=x),
+                    "offload shm": lambda x=x: shm_model.infer(INPUT0=x),
+                    "tritonclient": tritonclient_call(url, x)}, args.seconds * 4)
+                record["per_call"].append({"size": label}
+                                          | {k: v * 1e3 for k, v in medians.items()})
+            x = np.ones(4, np.float32)
+            sync = per_call(tritonclient_call(url, x), args.seconds)[1]
+            for depth in args.depths:
+                console.print(f"pipelined depth {depth}")
+                record["pipelined"].append({
+                    "depth": depth, "tritonclient_sync_loop": sync,
+                    "offload_futures": pipelined_offload(model, x, depth, args.seconds),
+                    "offload_asyncio": pipelined_async(url, x, depth, args.seconds)})
 
     table = Table(title=f"per call (median ms; ratio to the floor; malloc {args.malloc})")
     for column in ("size", "wire floor", "floor", "floor built", "offload", "offload shm",
