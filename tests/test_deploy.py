@@ -58,6 +58,47 @@ def test_plan_order(gpu_objects: list[dict]) -> None:
     assert not plan.warnings and not plan.skipped
 
 
+def test_network_policies_come_before_any_pod(gpu_objects: list[dict]) -> None:
+    """No pod of ours runs, even for a moment, before the policies that guard it."""
+    at = positions(make_plan(gpu_objects, ALL_GROUPS))
+    policies = [k for k in at if k.startswith("NetworkPolicy/")]
+    assert "NetworkPolicy/default-deny-ingress" in policies and len(policies) >= 5
+    first_pod = min(at[k] for k in at if k.split("/")[0] in ("Pod", "Deployment"))
+    assert max(at[k] for k in policies) < first_pod
+    assert at["Namespace/offload"] < min(at[k] for k in policies)
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "cpu", "dev"])
+def test_undeploy_deletes_every_kind_it_deploys(overlay: str) -> None:
+    """`offload undeploy` deletes by label, kind by kind: every kind a render holds must be
+    on its list, and the NetworkPolicies go after the pods they protect."""
+    from types import SimpleNamespace
+
+    from offload_deploy.cluster import Cluster
+
+    objects = render(overlay)
+    deleted_order: list[str] = []
+
+    def resource(api_version: str, kind: str) -> SimpleNamespace:
+        items = [SimpleNamespace(metadata=SimpleNamespace(name=o["metadata"]["name"]))
+                 for o in objects if o["kind"] == kind and o["apiVersion"] == api_version]
+        return SimpleNamespace(
+            get=lambda namespace, label_selector: SimpleNamespace(items=items),
+            delete=lambda name, namespace: deleted_order.append(f"{kind}/{name}"))
+
+    cluster = object.__new__(Cluster)
+    cluster.namespace = "offload"
+    cluster.dynamic = SimpleNamespace(resources=SimpleNamespace(get=resource))
+    deleted = cluster.delete_all(ALL_GROUPS, keep_namespace=True)
+    expected = {f"{o['kind']}/{o['metadata']['name']}" for o in objects
+                if o["kind"] != "Namespace"}
+    assert set(deleted) == expected
+    last_workload = max(i for i, k in enumerate(deleted_order)
+                        if k.split("/")[0] in ("Pod", "Deployment"))
+    assert min(i for i, k in enumerate(deleted_order)
+               if k.startswith("NetworkPolicy/")) > last_workload
+
+
 def test_plan_skips_addons_without_their_crds(gpu_objects: list[dict]) -> None:
     plan = make_plan(gpu_objects, {"", "apps", "policy", "networking.k8s.io"})
     skipped = {o["kind"] for o in plan.skipped}

@@ -273,7 +273,9 @@ class Cluster:
                  ("autoscaling/v2", "HorizontalPodAutoscaler"),
                  ("networking.k8s.io/v1", "Ingress"), ("policy/v1", "PodDisruptionBudget"),
                  ("apps/v1", "Deployment"), ("v1", "Pod"), ("v1", "Service"),
-                 ("v1", "PersistentVolumeClaim"), ("v1", "ConfigMap")]
+                 ("v1", "PersistentVolumeClaim"), ("v1", "ConfigMap"),
+                 # last: the pods are gone before their protection is
+                 ("networking.k8s.io/v1", "NetworkPolicy")]
         deleted = []
         for api_version, kind in kinds:
             if group_of({"apiVersion": api_version}) not in groups:

@@ -1,6 +1,7 @@
 """The order in which rendered objects reach a cluster, and what the cluster can take.
 
-Namespace first; what pods mount or read (ConfigMaps, PVC) before the pods; the loader pod,
+Namespace first, then its NetworkPolicies (no pod of ours ever runs unprotected); what pods
+mount or read (ConfigMaps, PVC) before the pods; the loader pod,
 then the model upload, then Triton (its init container waits for the upload's marker);
 the objects of optional CRDs (KEDA, Prometheus operator) last, and skipped with a warning
 when the cluster does not serve their API group.
@@ -21,7 +22,7 @@ OPTIONAL_GROUPS = {
 }
 # Kinds in apply order; anything else goes after the Deployments, before the CRD kinds.
 KIND_ORDER = [
-    "Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap",
+    "Namespace", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap",
     "PersistentVolumeClaim", "Service", "Pod", "Deployment", "StatefulSet",
     "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress",
 ]
@@ -107,7 +108,8 @@ def make_plan(objects: list[Obj], served_groups: set[str] | None = None,
     workloads = [o for o in rest if group_of(o) not in OPTIONAL_GROUPS]
     optional = [o for o in rest if group_of(o) in OPTIONAL_GROUPS]
 
-    steps = [Step("apply", "apply the namespace, configuration, storage and services",
+    steps = [Step("apply", "apply the namespace, network policies, configuration, storage "
+                           "and services",
                   before_pods)]
     if loaders:
         source = repository if repository is not None else "model_repository/"
