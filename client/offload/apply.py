@@ -454,7 +454,6 @@ def apply_files(paths: Sequence[Path], output_dir: Path, settings: Settings, *,
             todo.append(source)
     summary = {"files": len(todo), "skipped": len(skipped), "entries": 0, "jets": 0,
                "truncated_jets": 0, "seconds": 0.0}
-    started = time.perf_counter()
     chunks = [chunk for source in todo for chunk in source.chunks]
     with contextlib.ExitStack() as stack:
         if workers or scheduler:
@@ -463,6 +462,7 @@ def apply_files(paths: Sequence[Path], output_dir: Path, settings: Settings, *,
             results = dask_results(client, settings, chunks, window=max(4, 2 * threads))
         else:
             results = serial_results(settings, chunks)
+        started = time.perf_counter()  # the cluster's start-up is not the files' time
         stack.callback(getattr(results, "close", lambda: None))
         bar = Progress(sum(s.entries for s in todo), progress)
         stack.callback(bar.close)

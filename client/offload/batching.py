@@ -22,7 +22,10 @@ and without one request per event:
 
 `prepare` (optional) turns the merged raw rows of a batch into the model's inputs, once per
 request instead of once per call: per-call numpy overhead dominates small calls, so
-preprocessing the batch is several times cheaper than preprocessing each event.
+preprocessing the batch is several times cheaper than preprocessing each event. Given
+several models, one Batcher feeds them all from the same calls: `prepare` returns
+``{model name: inputs}`` (e.g. :func:`offload.physics.jets.inputs_for`, which computes the
+shared features once) and each future resolves to ``{model name: {output: rows}}``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,17 +91,25 @@ class Batcher:
             inputs are checked when it is sent, and an error reaches every call in it.
     """
 
-    def __init__(self, model: Model, *, max_batch_size: int | None = None,
+    def __init__(self, model: Model | Sequence[Model], *, max_batch_size: int | None = None,
                  max_delay: float | None = 0.002, timeout: float | None = None,
                  prepare: Callable[[dict[str, np.ndarray]], Mapping[str, Any]] | None = None
                  ) -> None:
-        if model.max_batch_size <= 0:
-            raise InvalidInputError(f"model '{model.name}' does not batch (max_batch_size 0): "
-                                    "there is nothing to coalesce", model=model.name)
+        self.models = (model,) if isinstance(model, Model) else tuple(model)
+        self._several = not isinstance(model, Model)
+        if not self.models or (self._several and prepare is None):
+            raise InvalidInputError("a Batcher over several models needs at least one model "
+                                    "and a `prepare` returning {model name: inputs}")
+        for one in self.models:
+            if one.max_batch_size <= 0:
+                raise InvalidInputError(f"model '{one.name}' does not batch (max_batch_size "
+                                        "0): there is nothing to coalesce", model=one.name)
+        model = self.models[0]
         self.model = model
         # Above the model's max_batch_size only when `prepare` is given: one preprocessing call
         # on many rows, then requests of the model's size, pipelined (as Model.submit splits).
-        self.max_batch_size = (max_batch_size or model.max_batch_size) if prepare is not None \
+        largest = max(one.max_batch_size for one in self.models)
+        self.max_batch_size = (max_batch_size or largest) if prepare is not None \
             else min(max_batch_size or model.max_batch_size, model.max_batch_size)
         self.max_delay = max_delay
         self.timeout = timeout
@@ -137,7 +148,8 @@ class Batcher:
                 raise OffloadError("this Batcher is closed")
             if not self._queue:
                 self._since = time.monotonic()
-                self._condition.notify()  # the timer starts with the first queued call
+                if self._thread is not None:
+                    self._condition.notify()  # its timer starts with the first queued call
             self._queue.append(pending)
             self._rows += pending.rows
             while self._rows >= self.max_batch_size:
@@ -231,36 +243,66 @@ class Batcher:
     def _send(self, batch: list[_Pending]) -> None:
         try:
             merged = self._merge(batch)
-            future = self.model._submit_prepared(self.model, merged, self.timeout)
+            futures = {one.name: one._submit_prepared(one, merged[one.name], self.timeout)
+                       for one in self.models}
         except Exception as error:
             for pending in batch:
                 pending.future.set_exception(error)
             return
-        future.add_done_callback(lambda done: self._distribute(batch, done))
+        if not self._several:
+            futures[self.model.name].add_done_callback(
+                lambda done: self._distribute(batch, done.exception(), done))
+            return
+        left = [len(futures)]
+        lock = threading.Lock()
 
-    def _merge(self, batch: list[_Pending]) -> tensors.Prepared:
+        def one_done(_: concurrent.futures.Future) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            error = next((f.exception() for f in futures.values() if f.exception()), None)
+            self._distribute(batch, error, futures)
+
+        for future in futures.values():
+            future.add_done_callback(one_done)
+
+    def _merge(self, batch: list[_Pending]) -> dict[str, tensors.Prepared]:
         arrays = {name: np.concatenate([p.arrays[name] for p in batch]) if len(batch) > 1
                   else batch[0].arrays[name] for name in batch[0].arrays}
         rows = sum(p.rows for p in batch)
         if self.prepare is None:
-            return tensors.Prepared(arrays, rows)
-        prepared = self.model._prepare(self.model, dict(self.prepare(arrays)))
-        if prepared.batch != rows:
-            raise InvalidInputError(
-                f"model '{self.model.name}': the Batcher's prepare() made {prepared.batch} "
-                f"rows from {rows}; it must keep one row per input row", model=self.model.name)
-        return prepared
+            return {self.model.name: tensors.Prepared(arrays, rows)}
+        made = self.prepare(arrays)
+        per_model = made if self._several else {self.model.name: made}
+        out = {}
+        for one in self.models:
+            if one.name not in per_model:
+                raise InvalidInputError(f"the Batcher's prepare() made no inputs for model "
+                                        f"'{one.name}' (it returned {sorted(per_model)})",
+                                        model=one.name)
+            prepared = one._prepare(one, dict(per_model[one.name]))
+            if prepared.batch != rows:
+                raise InvalidInputError(
+                    f"model '{one.name}': the Batcher's prepare() made {prepared.batch} rows "
+                    f"from {rows}; it must keep one row per input row", model=one.name)
+            out[one.name] = prepared
+        return out
 
-    @staticmethod
-    def _distribute(batch: list[_Pending], done: concurrent.futures.Future) -> None:
-        error = done.exception()
+    def _distribute(self, batch: list[_Pending], error: BaseException | None,
+                    done: Any) -> None:
         if error is not None:
             for pending in batch:
                 pending.future.set_exception(error)
             return
-        outputs = done.result()
+        if self._several:
+            results = {name: future.result() for name, future in done.items()}
+        else:
+            results = {"": done.result()}
         start = 0
         for pending in batch:
-            pending.future.set_result({k: v[start:start + pending.rows]
-                                       for k, v in outputs.items()})
-            start += pending.rows
+            stop = start + pending.rows
+            sliced = {name: {k: v[start:stop] for k, v in outputs.items()}
+                      for name, outputs in results.items()}
+            pending.future.set_result(sliced if self._several else sliced[""])
+            start = stop

@@ -148,13 +148,15 @@ class EventLoop:
         while time.monotonic() < until:
             t0 = time.perf_counter()
             rows = []
-            for _ in range(block):
+            b0 = time.thread_time()
+            for _ in range(block):  # the event's jets, and its reconstruction
                 rows.append((np.arange(per_event) + self.position) % n)
                 self.position += per_event
-                b0 = time.thread_time()
                 self.scratch = busy_work(self.settings["cpu_ms"], self.scratch)
-                busy += time.thread_time() - b0
-            inputs = self._inputs(np.concatenate(rows), block)
+            rows = np.concatenate(rows)
+            constituents, jets = self.constituents[rows], self.jets[rows]
+            busy += time.thread_time() - b0
+            inputs = self._inputs(constituents, jets, block)
             t1 = time.perf_counter()
             if mode == "in_process":
                 outputs = {name: self.runners[name].run(inputs[name]) for name in self.models}
@@ -170,14 +172,14 @@ class EventLoop:
                 "cpu_seconds": _rusage_cpu() - cpu_started, "busy_cpu_seconds": busy,
                 "reco_seconds": reco, "inference_seconds": infer}
 
-    def _inputs(self, rows: np.ndarray, n_events: int) -> dict[str, dict[str, np.ndarray]]:
+    def _inputs(self, constituents: np.ndarray, jets: np.ndarray, n_events: int
+                ) -> dict[str, dict[str, np.ndarray]]:
         """Every model's inputs for a block of events: the jet models' from the block's jets
         at once (offload.physics.jets.inputs_for), the shower generator's per event."""
         from offload.physics.jets import inputs_for
 
         jet_models = [m for m in self.models if m != "calo_shower_generator"]
-        inputs = inputs_for(jet_models, self.constituents[rows], self.jets[rows]) \
-            if jet_models else {}
+        inputs = inputs_for(jet_models, constituents, jets) if jet_models else {}
         if "calo_shower_generator" in self.models:
             showers = [self._shower_inputs() for _ in range(n_events)]
             inputs["calo_shower_generator"] = {key: np.concatenate([s[key] for s in showers])
@@ -194,15 +196,18 @@ class EventLoop:
         from offload.physics.jets import inputs_for
 
         per_event, lag = self.settings["jets_per_event"], self.settings["lag"]
+        # One Batcher feeds both jet models from each event's jets (their shared features
+        # computed once per BATCH_ROWS jets); the shower generator gets its own.
+        jet_models = [m for m in self.models if m != "calo_shower_generator"]
         batchers = {}
-        for name in self.models:
-            if name == "calo_shower_generator":
-                batchers[name] = Batcher(self.remote[name], max_delay=None)
-            else:  # preprocessing per BATCH_ROWS jets, sent in the model's request size
-                batchers[name] = Batcher(
-                    self.remote[name], max_delay=None, max_batch_size=BATCH_ROWS,
-                    prepare=lambda raw, name=name: inputs_for(
-                        (name,), raw["constituents"], raw["jets"])[name])
+        if jet_models:
+            batchers["jets"] = Batcher(
+                [self.remote[m] for m in jet_models], max_delay=None,
+                max_batch_size=BATCH_ROWS,
+                prepare=lambda raw: inputs_for(jet_models, raw["constituents"], raw["jets"]))
+        if "calo_shower_generator" in self.models:
+            batchers["calo_shower_generator"] = Batcher(self.remote["calo_shower_generator"],
+                                                        max_delay=None)
         pending: deque[dict] = deque()
         events = 0
         reco = infer = busy = 0.0
@@ -215,26 +220,28 @@ class EventLoop:
                     break
                 if running:
                     t0 = time.perf_counter()
+                    b0 = time.thread_time()
                     rows = (np.arange(per_event) + self.position) % n
                     self.position += per_event
-                    b0 = time.thread_time()
+                    constituents, jets = self.constituents[rows], self.jets[rows]
                     self.scratch = busy_work(self.settings["cpu_ms"], self.scratch)
                     busy += time.thread_time() - b0
                     t1 = time.perf_counter()
                     futures = {}
-                    for name, batcher in batchers.items():
-                        if name == "calo_shower_generator":
-                            futures[name] = batcher.submit(self._shower_inputs())
-                        else:
-                            futures[name] = batcher.submit(constituents=self.constituents[rows],
-                                                           jets=self.jets[rows])
+                    if "jets" in batchers:
+                        futures["jets"] = batchers["jets"].submit(constituents=constituents,
+                                                                  jets=jets)
+                    if "calo_shower_generator" in batchers:
+                        futures["calo_shower_generator"] = batchers[
+                            "calo_shower_generator"].submit(self._shower_inputs())
                     pending.append(futures)
                     t2 = time.perf_counter()
                     reco += t1 - t0
                     infer += t2 - t1
                 if len(pending) > lag or (not running and pending):
                     t2 = time.perf_counter()
-                    _use({name: future.result() for name, future in pending.popleft().items()})
+                    done = {name: future.result() for name, future in pending.popleft().items()}
+                    _use({**done.pop("jets", {}), **done})
                     infer += time.perf_counter() - t2
                     events += 1
         finally:
@@ -546,6 +553,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", metavar="HOST:PORT",
                         help="offload to this server instead of starting an embedded one "
                              f"(also ${SERVERS_VARIABLE})")
+    parser.add_argument("--server-pgid", type=int, default=None, metavar="PGID",
+                        help="with --server on this machine: its process group (e.g. the pid "
+                             "of `offload serve`'s tritonserver), to report its CPU per event")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"),
                         help="the models (in-process, embedded server) and the event sample")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
@@ -622,7 +632,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict] = record["rows"]
     with contextlib.ExitStack() as stack:
         offloading = any(m in OFFLOADED for m in modes)
-        server_pgid = None
+        server_pgid = args.server_pgid
         if offloading and not address:
             from offload_server import LocalServer
 
