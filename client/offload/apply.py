@@ -141,13 +141,17 @@ def read_chunk(settings: Settings, chunk: Chunk) -> tuple[pfnano.Gathered, dict]
         with uproot.open(chunk.path) as file:
             arrays = file[settings.tree].arrays(list(pfnano.BRANCHES), entry_start=chunk.start,
                                                 entry_stop=chunk.stop, library="ak")
-        gathered = pfnano.gather(arrays, first_entry=chunk.start)
-        inputs = gathered.inputs(settings.models) if gathered.n_jets else {}
-    except OffloadError as error:
-        raise ApplyError(f"{chunk.describe()}: {error}") from None
     except Exception as error:  # a damaged file: uproot's and zlib's own errors
         raise ApplyError(f"{chunk.describe()}: cannot read: {type(error).__name__}: "
                          f"{error}") from None
+    try:
+        gathered = pfnano.gather(arrays, first_entry=chunk.start)  # its errors name entries
+    except OffloadError as error:
+        raise ApplyError(f"{chunk.path}: {error}") from None
+    try:
+        inputs = gathered.inputs(settings.models) if gathered.n_jets else {}
+    except OffloadError as error:
+        raise ApplyError(f"{chunk.describe()}: {error}") from None
     return gathered, inputs
 
 
