@@ -12,17 +12,25 @@ validation sample. Per event the worker does the "reconstruction":
   * `--cpu-ms` milliseconds of CPU time of busy numpy work (elementwise math on a 4096-float
     array, timed with the thread's CPU clock, so a busy machine stretches it as it would a
     real reconstruction), standing for everything a job does besides these models;
-  * the models' input preprocessing, `offload.physics.jets.tagger_inputs` and
-    `regression_inputs` (the code a real job calls);
-
-then, every `--block` events, the inference of `jet_tagger` and `jet_energy_regression` for
-those events' jets:
+then, every `--block` events, the models' input preprocessing for those events' jets at once
+(`offload.physics.jets.inputs_for`, the code a real job calls) and the inference of
+`jet_tagger` and `jet_energy_regression`:
 
   * in-process: the repository's artifacts loaded in the worker by the server's own runner
     code (`load_checked` + the model's config, as `offload_server.backends.load_in_process`
     does) with one intra-op and one inter-op thread per worker, one model after the other;
   * offloaded: the offload client, both models' requests in flight together (`submit`), to
-    the embedded server this tool starts on `--repository` or to `--server HOST:PORT`.
+    the embedded server this tool starts on `--repository` or to `--server HOST:PORT`;
+  * offloaded_batched (acquire/produce, one thread): every event's jets go at once to an
+    `offload.Batcher(max_delay=None)` feeding both models (`submit` returns a future; 256
+    jets are preprocessed per batch and sent in the models' request sizes), and each event's
+    results are collected `--lag` events later; `--block` does not apply.
+
+The job's own CPU per event is its workers' `getrusage` (every thread: the client's I/O
+thread too); the models' share of it is that minus the simulated reconstruction (the busy
+work and picking the event's jets, timed on the thread's CPU clock). The server's CPU per
+event is that of the embedded server's process group over the window (or of
+`--server-pgid`'s, for a server on this machine).
 
 All K workers start their timed window together and run for `--duration` seconds after a
 warm-up. Reported per mode and K: events/s in total and per worker, the wall time per event
