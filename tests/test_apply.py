@@ -542,3 +542,40 @@ def test_batcher_errors_reach_every_call_of_the_batch(jet_server):
         batcher.close()
         with pytest.raises(offload.OffloadError, match="closed"):
             batcher.submit(x=np.zeros((1, 128, 2), np.float32))
+
+
+# ---------------------------------------------------------------------------- make data
+@pytest.mark.slow
+def test_sample_file_from_the_event_pipeline(jet_server, tmp_path):
+    """`make data`'s writer (Pythia + detector + FastJet), small: a PFNano layout that
+    `offload apply` reads, pdgIds the models know, links inside their events."""
+    from offload_training.jets.pfnano_sample import write_sample
+
+    path = tmp_path / "pfnano_sample.root"
+    counts = write_sample(path, 60, progress=False)
+    assert counts["events"] == 60 and counts["jets"] > 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pfnano_sample.root"]
+    with uproot.open(path) as file:
+        events = file["Events"].arrays()
+    assert set(pfnano.BRANCHES) <= set(events.fields)
+    pj.ptypes_from_pdg_ids(ak.flatten(events.PFCands_pdgId))  # every id is known
+    assert ak.all(events.FatJetPFCands_pFCandsIdx < ak.num(events.PFCands_pt))
+    assert ak.all(events.FatJetPFCands_jetIdx < ak.num(events.FatJet_pt))
+    assert ak.all(ak.sort(events.FatJet_pt, ascending=False) == events.FatJet_pt)
+    assert ak.all(events.FatJet_pt > 200)
+    gathered = pfnano.gather(events)
+    # a jet's candidates carry (close to) its momentum: the constituents' pt sum
+    flat = gathered.candidates
+    starts = np.concatenate([[0], np.cumsum(gathered.candidates_per_jet)[:-1]])
+    px = np.add.reduceat(flat["pt"] * np.cos(flat["phi"]), starts)
+    py = np.add.reduceat(flat["pt"] * np.sin(flat["phi"]), starts)
+    np.testing.assert_allclose(np.hypot(px, py), gathered.jets[:, 0], rtol=0.02)
+    result = run_apply(str(path), "--server", jet_server.grpc_url, "--output",
+                       str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    scores = read_output(tmp_path / "out" / "pfnano_sample.root")
+    assert ak.all(ak.num(scores.FatJet_top_probability) == ak.num(events.FatJet_pt))
+    probabilities = ak.to_numpy(ak.flatten(scores.FatJet_top_probability))
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    is_top = ak.to_numpy(ak.flatten(events.FatJet_isTop)).astype(bool)
+    assert is_top.any() and (~is_top).any()
