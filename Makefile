@@ -10,13 +10,14 @@ PYTEST_ARGS ?=
 # `make models QUICK=1`: a smoke run into build/models-quick/, leaving model_repository/ alone
 QUICK ?=
 
-.PHONY: help venv serve test lint repo-check bench perf load models deploy undeploy clean
+.PHONY: help venv serve test lint repo-check bench perf load models data deploy undeploy clean
 
 help:
 	@echo "make serve   start a real Triton server on this machine with $(REPO)/"
 	@echo "make test    lint, check the model repository and run the test suite"
 	@echo "make bench   served vs in-process throughput per CPU backend (perf/)"
 	@echo "make models  regenerate data, train and export the models (QUICK=1: smoke run)"
+	@echo "make data    the sample PFNano-like ROOT file data/pfnano_sample.root (offload apply)"
 	@echo "make perf    sweeps, as-a-service and dynamic-batching figures (QUICK=1: smoke run)"
 	@echo "make load    locust, headless, on the embedded server (LOAD_HOST=host:port: a running one)"
 	@echo "make deploy  deploy on the current kubectl context (OVERLAY=gpu|cpu|dev, NAMESPACE=..., DRY_RUN=1: plan only)"
@@ -49,6 +50,14 @@ test: $(VENV)/.stamp-server,train,dev lint repo-check
 
 models: $(VENV)/.stamp-server,train,dev
 	$(VENV)/bin/offload train $(if $(QUICK),--quick)
+
+# The sample PFNano-like ROOT file from the project's own Pythia + detector + FastJet chain
+# (2000 events, ~1 min on one core; data/ is gitignored). Made once; delete it to remake.
+SAMPLE_EVENTS ?= 2000
+data: data/pfnano_sample.root
+
+data/pfnano_sample.root: | $(VENV)/.stamp-server,train,dev
+	$(PY) -m offload_training.jets.pfnano_sample --events $(SAMPLE_EVENTS) --output $@
 
 perf: $(VENV)/.stamp-server,train,dev
 	$(PY) -m offload_perf.run_all $(if $(QUICK),--quick)

@@ -63,6 +63,30 @@ def test_gridsim_both_modes_against_a_server(jet_server, tmp_path):
     assert "offloaded / in-process" in result.stdout
 
 
+def test_gridsim_reports_the_jobs_cpu_and_batches_across_events(jet_server, tmp_path):
+    """The job's own CPU per event (getrusage), the server's (its process group), and the
+    acquire/produce mode: one Batcher submit per event, requests carrying many events."""
+    result = _gridsim("--server", jet_server.grpc_url, "--server-pgid", str(jet_server.pid),
+                      "--workers", "1", "--modes", "in_process,offloaded_batched",
+                      "--cpu-ms", "1", "--lag", "64", "--duration", "1.5", "--warmup", "0.3",
+                      "--output", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "gridsim.json").read_text())
+    rows = {r["mode"]: r for r in record["rows"]}
+    for row in rows.values():
+        assert row["job_cpu_ms_per_event"] >= 1.0  # the busy work, at least
+        assert 0 < row["job_model_cpu_us_per_event"] < 1e3 * row["job_cpu_ms_per_event"]
+    assert rows["in_process"]["server_cpu_ms_per_event"] is None
+    batched = rows["offloaded_batched"]
+    assert batched["server_cpu_ms_per_event"] > 0
+    for name, stats in batched["server"].items():
+        # 2 jets per event, 256 jets per preprocessing batch: far fewer requests than events
+        assert 0 < stats["requests"] < batched["events"] / 4, (name, stats)
+    ratio = record["ratios"][0]
+    assert ratio["job_model_cpu_in_process_over_offloaded_batched"] > 0
+    assert "less CPU per event offloaded batched than in-process" in result.stdout
+
+
 def test_gridsim_unreachable_server_fails_clearly(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -85,9 +85,11 @@ def test_missing_nvidia_pytriton_says_how_to_install(tmp_path):
 
 
 def test_import_offload_stays_thin():
-    code = ("import sys, offload, offload.cli, offload.physics.jets\n"
+    code = ("import sys, offload, offload.cli, offload.physics.jets, offload.physics.pfnano\n"
+            "import offload.dask\n"
             "heavy = {'torch', 'tensorflow', 'onnxruntime', 'offload_server', 'pytriton', 'rich',\n"
-            "         'kubernetes', 'offload_deploy', 'yaml'}\n"
+            "         'kubernetes', 'offload_deploy', 'yaml', 'awkward', 'uproot', 'dask',\n"
+            "         'distributed', 'dask_awkward', 'tqdm'}\n"
             "print(sorted(heavy & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)

@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "stats": ("offload.cli_client:stats", "", "a model's server-side statistics"),
     "perf": ("offload_perf.sweep", "",
              "concurrency x batch-size throughput/latency sweep against a server"),
+    "apply": ("offload.apply", "hep",
+              "run the jet models over PFNano ROOT files, into friend trees (--workers: Dask)"),
     "gridsim": ("offload_perf.gridsim", "",
                 "grid-job simulator: K event-loop workers, inference in-process vs offloaded"),
     "serve": ("offload_server.serve_cli", "server",

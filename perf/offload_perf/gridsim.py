@@ -12,17 +12,25 @@ validation sample. Per event the worker does the "reconstruction":
   * `--cpu-ms` milliseconds of CPU time of busy numpy work (elementwise math on a 4096-float
     array, timed with the thread's CPU clock, so a busy machine stretches it as it would a
     real reconstruction), standing for everything a job does besides these models;
-  * the models' input preprocessing, `offload.physics.jets.tagger_inputs` and
-    `regression_inputs` (the code a real job calls);
-
-then, every `--block` events, the inference of `jet_tagger` and `jet_energy_regression` for
-those events' jets:
+then, every `--block` events, the models' input preprocessing for those events' jets at once
+(`offload.physics.jets.inputs_for`, the code a real job calls) and the inference of
+`jet_tagger` and `jet_energy_regression`:
 
   * in-process: the repository's artifacts loaded in the worker by the server's own runner
     code (`load_checked` + the model's config, as `offload_server.backends.load_in_process`
     does) with one intra-op and one inter-op thread per worker, one model after the other;
   * offloaded: the offload client, both models' requests in flight together (`submit`), to
-    the embedded server this tool starts on `--repository` or to `--server HOST:PORT`.
+    the embedded server this tool starts on `--repository` or to `--server HOST:PORT`;
+  * offloaded_batched (acquire/produce, one thread): every event's jets go at once to an
+    `offload.Batcher(max_delay=None)` feeding both models (`submit` returns a future; 256
+    jets are preprocessed per batch and sent in the models' request sizes), and each event's
+    results are collected `--lag` events later; `--block` does not apply.
+
+The job's own CPU per event is its workers' `getrusage` (every thread: the client's I/O
+thread too); the models' share of it is that minus the simulated reconstruction (the busy
+work and picking the event's jets, timed on the thread's CPU clock). The server's CPU per
+event is that of the embedded server's process group over the window (or of
+`--server-pgid`'s, for a server on this machine).
 
 All K workers start their timed window together and run for `--duration` seconds after a
 warm-up. Reported per mode and K: events/s in total and per worker, the wall time per event
@@ -50,6 +58,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import resource
 import sys
 import time
 from dataclasses import replace
@@ -62,7 +71,9 @@ from offload.endpoints import SERVERS_VARIABLE
 
 MODELS = ("jet_tagger", "jet_energy_regression", "calo_shower_generator")
 DEFAULT_MODELS = ("jet_tagger", "jet_energy_regression")
-MODES = ("in_process", "offloaded")
+MODES = ("in_process", "offloaded", "offloaded_batched")
+DEFAULT_MODES = ("in_process", "offloaded")
+OFFLOADED = ("offloaded", "offloaded_batched")
 #: In-process: one intra-op and one inter-op thread per model and worker, in the parameter
 #: names each CPU runner reads (those of Triton's native backends).
 ONE_THREAD = {"intra_op_thread_count": "1", "inter_op_thread_count": "1",
@@ -71,6 +82,8 @@ ONE_THREAD = {"intra_op_thread_count": "1", "inter_op_thread_count": "1",
 #: Thread pools of libraries the workers may pull in, pinned to one thread like a grid slot.
 WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                       "MKL_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+#: offloaded_batched: jets the Batcher of a jet model merges and preprocesses at once.
+BATCH_ROWS = 256
 QUEUE_GROWTH = 2.0  # queue time per request above this multiple of the smallest K's ...
 QUEUE_FLOOR_US = 100.0  # ... and above this floor: the server no longer keeps up
 
@@ -122,7 +135,7 @@ class EventLoop:
                 spec = spec_from_folder(folder)
                 spec = replace(spec, parameters={**spec.parameters, **ONE_THREAD})
                 self.runners[name] = load_checked(folder, "1", spec)
-        if mode == "offloaded" and self.client is None:
+        if mode in OFFLOADED and self.client is None:
             self.client = offload.Client(self.settings["server"],
                                          timeout=self.settings["timeout"], retries=2)
             self.remote = {name: self.client.model(name) for name in self.models}
@@ -133,44 +146,117 @@ class EventLoop:
         return self._loop(mode, start_at + duration)
 
     def _loop(self, mode: str, until: float) -> dict:
-        from offload_perf.samples import JET_MODELS
-
+        if mode == "offloaded_batched":
+            return self._batched_loop(until)
         block, per_event = self.settings["block"], self.settings["jets_per_event"]
         events = 0
-        reco = infer = 0.0
-        cpu_started, started = time.process_time(), time.perf_counter()
+        reco = infer = busy = 0.0
+        cpu_started, started = _rusage_cpu(), time.perf_counter()
         n = len(self.jets)
         while time.monotonic() < until:
             t0 = time.perf_counter()
-            pieces: dict[str, list[dict]] = {name: [] for name in self.models}
-            for _ in range(block):
-                rows = (np.arange(per_event) + self.position) % n
+            rows = []
+            b0 = time.thread_time()
+            for _ in range(block):  # the event's jets, and its reconstruction
+                rows.append((np.arange(per_event) + self.position) % n)
                 self.position += per_event
                 self.scratch = busy_work(self.settings["cpu_ms"], self.scratch)
-                for name in self.models:
-                    if name in JET_MODELS:
-                        pieces[name].append(JET_MODELS[name](self.constituents[rows],
-                                                             self.jets[rows]))
-                    else:
-                        pieces[name].append(self._shower_inputs())
-            inputs = {name: {key: np.concatenate([p[key] for p in parts])
-                             for key in parts[0]} for name, parts in pieces.items()}
+            rows = np.concatenate(rows)
+            constituents, jets = self.constituents[rows], self.jets[rows]
+            busy += time.thread_time() - b0
+            inputs = self._inputs(constituents, jets, block)
             t1 = time.perf_counter()
             if mode == "in_process":
                 outputs = {name: self.runners[name].run(inputs[name]) for name in self.models}
             else:  # every model's request in flight together, as examples/grid_job.py does
                 futures = {name: self.remote[name].submit(inputs[name]) for name in self.models}
                 outputs = {name: future.result() for name, future in futures.items()}
-            for result in outputs.values():  # the job uses its answers
-                for value in result.values():
-                    if not np.all(np.isfinite(value)):
-                        raise GridSimError("a model returned non-finite values")
+            _use(outputs)
             t2 = time.perf_counter()
             reco += t1 - t0
             infer += t2 - t1
             events += block
         return {"events": events, "seconds": time.perf_counter() - started,
-                "cpu_seconds": time.process_time() - cpu_started,
+                "cpu_seconds": _rusage_cpu() - cpu_started, "busy_cpu_seconds": busy,
+                "reco_seconds": reco, "inference_seconds": infer}
+
+    def _inputs(self, constituents: np.ndarray, jets: np.ndarray, n_events: int
+                ) -> dict[str, dict[str, np.ndarray]]:
+        """Every model's inputs for a block of events: the jet models' from the block's jets
+        at once (offload.physics.jets.inputs_for), the shower generator's per event."""
+        from offload.physics.jets import inputs_for
+
+        jet_models = [m for m in self.models if m != "calo_shower_generator"]
+        inputs = inputs_for(jet_models, constituents, jets) if jet_models else {}
+        if "calo_shower_generator" in self.models:
+            showers = [self._shower_inputs() for _ in range(n_events)]
+            inputs["calo_shower_generator"] = {key: np.concatenate([s[key] for s in showers])
+                                               for key in showers[0]}
+        return inputs
+
+    def _batched_loop(self, until: float) -> dict:
+        """Acquire/produce: each event's rows go to an offload.Batcher per model at once
+        (submit returns a future; the jet models' preprocessing runs per request, on the
+        merged rows), and each event's results are collected `lag` events later."""
+        from collections import deque
+
+        from offload.batching import Batcher
+        from offload.physics.jets import inputs_for
+
+        per_event, lag = self.settings["jets_per_event"], self.settings["lag"]
+        # One Batcher feeds both jet models from each event's jets (their shared features
+        # computed once per BATCH_ROWS jets); the shower generator gets its own.
+        jet_models = [m for m in self.models if m != "calo_shower_generator"]
+        batchers = {}
+        if jet_models:
+            batchers["jets"] = Batcher(
+                [self.remote[m] for m in jet_models], max_delay=None,
+                max_batch_size=BATCH_ROWS,
+                prepare=lambda raw: inputs_for(jet_models, raw["constituents"], raw["jets"]))
+        if "calo_shower_generator" in self.models:
+            batchers["calo_shower_generator"] = Batcher(self.remote["calo_shower_generator"],
+                                                        max_delay=None)
+        pending: deque[dict] = deque()
+        events = 0
+        reco = infer = busy = 0.0
+        cpu_started, started = _rusage_cpu(), time.perf_counter()
+        n = len(self.jets)
+        try:
+            while True:
+                running = time.monotonic() < until
+                if not running and not pending:
+                    break
+                if running:
+                    t0 = time.perf_counter()
+                    b0 = time.thread_time()
+                    rows = (np.arange(per_event) + self.position) % n
+                    self.position += per_event
+                    constituents, jets = self.constituents[rows], self.jets[rows]
+                    self.scratch = busy_work(self.settings["cpu_ms"], self.scratch)
+                    busy += time.thread_time() - b0
+                    t1 = time.perf_counter()
+                    futures = {}
+                    if "jets" in batchers:
+                        futures["jets"] = batchers["jets"].submit(constituents=constituents,
+                                                                  jets=jets)
+                    if "calo_shower_generator" in batchers:
+                        futures["calo_shower_generator"] = batchers[
+                            "calo_shower_generator"].submit(self._shower_inputs())
+                    pending.append(futures)
+                    t2 = time.perf_counter()
+                    reco += t1 - t0
+                    infer += t2 - t1
+                if len(pending) > lag or (not running and pending):
+                    t2 = time.perf_counter()
+                    done = {name: future.result() for name, future in pending.popleft().items()}
+                    _use({**done.pop("jets", {}), **done})
+                    infer += time.perf_counter() - t2
+                    events += 1
+        finally:
+            for batcher in batchers.values():
+                batcher.close()
+        return {"events": events, "seconds": time.perf_counter() - started,
+                "cpu_seconds": _rusage_cpu() - cpu_started, "busy_cpu_seconds": busy,
                 "reco_seconds": reco, "inference_seconds": infer}
 
     def _shower_inputs(self) -> dict[str, np.ndarray]:
@@ -184,6 +270,36 @@ class EventLoop:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+def _use(outputs: dict[str, dict[str, np.ndarray]]) -> None:
+    """The job uses its answers (and a model returning NaN stops the run)."""
+    for result in outputs.values():
+        for value in result.values():
+            if not np.all(np.isfinite(value)):
+                raise GridSimError("a model returned non-finite values")
+
+
+def _rusage_cpu() -> float:
+    """This process's CPU time, user + system, over all its threads (getrusage)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_group_cpu(pgid: int) -> float | None:
+    """CPU seconds (user + system) of the live processes of process group `pgid` (the
+    embedded server: tritonserver and its backend stubs), from /proc; None off Linux."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, seen = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            seen = True
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total if seen else None
 
 
 def _worker(index: int, connection, settings: dict) -> None:
@@ -308,8 +424,11 @@ def _server_window(before: dict, after: dict) -> dict:
     return window
 
 
-def summarise(k: int, mode: str, results: list[dict], server: dict | None) -> dict:
+def summarise(k: int, mode: str, results: list[dict], server: dict | None,
+              server_cpu_seconds: float | None = None) -> dict:
     events = sum(r["events"] for r in results)
+    cpu = sum(r["cpu_seconds"] for r in results)
+    busy = sum(r.get("busy_cpu_seconds", 0.0) for r in results)
     per_worker = [r["events"] / r["seconds"] for r in results]
     row = {"workers": k, "mode": mode, "events": events,
            "events_per_second": float(sum(per_worker)),
@@ -318,7 +437,13 @@ def summarise(k: int, mode: str, results: list[dict], server: dict | None) -> di
            "reco_ms_per_event": 1e3 * sum(r["reco_seconds"] for r in results) / max(events, 1),
            "inference_ms_per_event": 1e3 * sum(r["inference_seconds"] for r in results)
            / max(events, 1),
-           "cpu_share": float(np.mean([r["cpu_seconds"] / r["seconds"] for r in results]))}
+           "cpu_share": float(np.mean([r["cpu_seconds"] / r["seconds"] for r in results])),
+           # The job's own CPU (its workers' getrusage: every thread), per event; and the
+           # part beyond the simulated reconstruction: what the models cost the job.
+           "job_cpu_ms_per_event": 1e3 * cpu / max(events, 1),
+           "job_model_cpu_us_per_event": 1e6 * (cpu - busy) / max(events, 1),
+           "server_cpu_ms_per_event": (1e3 * server_cpu_seconds / max(events, 1)
+                                       if server_cpu_seconds is not None else None)}
     if server is not None:
         requests = sum(s["requests"] for s in server.values())
         queue = sum(s.pop("_queue") for s in server.values())
@@ -362,6 +487,11 @@ def ratios(rows: list[dict]) -> list[dict]:
         if (k, "in_process") in by and (k, "offloaded") in by:
             entry["offloaded_over_in_process"] = (by[k, "offloaded"]["events_per_second"]
                                                   / by[k, "in_process"]["events_per_second"])
+        for mode in OFFLOADED:  # how much less CPU the models cost the job offloaded
+            if (k, "in_process") in by and (k, mode) in by:
+                entry[f"job_model_cpu_in_process_over_{mode}"] = (
+                    by[k, "in_process"]["job_model_cpu_us_per_event"]
+                    / max(by[k, mode]["job_model_cpu_us_per_event"], 1e-9))
         for mode in MODES:
             first = next((by[j, mode] for j in ks if (j, mode) in by), None)
             if (k, mode) in by and first is not None:
@@ -381,7 +511,7 @@ def plot(record: dict, path: Path) -> bool:
 
     rows, settings = record["rows"], record["settings"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode, colour in zip(MODES, ("tab:blue", "tab:orange"), strict=True):
+    for mode, colour in zip(MODES, ("tab:blue", "tab:orange", "tab:green"), strict=True):
         mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["workers"])
         if not mine:
             continue
@@ -423,11 +553,17 @@ def plot(record: dict, path: Path) -> bool:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="1,2,4",
                         help="comma-separated worker counts K to sweep (default 1,2,4)")
-    parser.add_argument("--modes", default=",".join(MODES),
-                        help="in_process, offloaded or both (default both)")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help="comma-separated: in_process, offloaded (a request per model "
+                             "per --block events), offloaded_batched (acquire/produce: every "
+                             "event submitted to an offload.Batcher, collected --lag events "
+                             "later); default in_process,offloaded")
     parser.add_argument("--server", metavar="HOST:PORT",
                         help="offload to this server instead of starting an embedded one "
                              f"(also ${SERVERS_VARIABLE})")
+    parser.add_argument("--server-pgid", type=int, default=None, metavar="PGID",
+                        help="with --server on this machine: its process group (e.g. the pid "
+                             "of `offload serve`'s tritonserver), to report its CPU per event")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"),
                         help="the models (in-process, embedded server) and the event sample")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
@@ -439,6 +575,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--showers-per-event", type=int, default=4,
                         help="particles simulated per event by calo_shower_generator")
     parser.add_argument("--block", type=int, default=1, help="events per inference call")
+    parser.add_argument("--lag", type=int, default=256,
+                        help="offloaded_batched: events between submitting an event and "
+                             "collecting its results (default 256)")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="seconds each (K, mode) point is measured")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds per worker and mode")
@@ -469,10 +608,10 @@ def _parse(args: argparse.Namespace) -> tuple[list[int], list[str], list[str]]:
             f"feed {', '.join(MODELS)} (the jet models, whose inputs offload.physics.jets "
             "computes, and the shower generator)")
     if args.cpu_ms < 0 or args.jets_per_event < 1 or args.showers_per_event < 1 or \
-            args.block < 1 or args.duration <= 0:
+            args.block < 1 or args.duration <= 0 or args.lag < 0:
         raise offload.InvalidInputError("--cpu-ms >= 0, --jets-per-event >= 1, "
-                                        "--showers-per-event >= 1, --block >= 1 and "
-                                        "--duration > 0 are needed")
+                                        "--showers-per-event >= 1, --block >= 1, --lag >= 0 "
+                                        "and --duration > 0 are needed")
     return ks, modes, models
 
 
@@ -493,24 +632,28 @@ def run(args: argparse.Namespace) -> int:
               "settings": {
         "workers": ks, "modes": modes, "models": models, "cpu_ms": args.cpu_ms,
         "jets_per_event": args.jets_per_event, "showers_per_event": args.showers_per_event,
-        "block": args.block, "duration_s": args.duration, "warmup_s": args.warmup,
+        "block": args.block, "lag": args.lag, "duration_s": args.duration,
+        "warmup_s": args.warmup,
         "repository": str(args.repository),
         "in_process_threads": "1 intra-op, 1 inter-op per model and worker"},
         "server": None, "rows": [], "complete": False, "error": None}
     rows: list[dict] = record["rows"]
     with contextlib.ExitStack() as stack:
-        if "offloaded" in modes and not address:
+        offloading = any(m in OFFLOADED for m in modes)
+        server_pgid = args.server_pgid
+        if offloading and not address:
             from offload_server import LocalServer
 
             print(f"starting the embedded server on {repository} ...", file=sys.stderr,
                   flush=True)
             server = stack.enter_context(LocalServer(repository, models=models))
             address = server.grpc_url
+            server_pgid = server.pid  # tritonserver leads its own process group
             record["server"] = f"embedded tritonserver at {address} (same machine)"
-        elif "offloaded" in modes:
+        elif offloading:
             record["server"] = address
         served: dict[str, offload.Model] = {}
-        if "offloaded" in modes:
+        if offloading:
             client = stack.enter_context(offload.Client(address, timeout=args.timeout,
                                                         retries=1))
             try:
@@ -522,11 +665,12 @@ def run(args: argparse.Namespace) -> int:
         settings = {"repository": str(repository), "server": address, "models": models,
                     "cpu_ms": args.cpu_ms, "jets_per_event": args.jets_per_event,
                     "showers_per_event": args.showers_per_event, "block": args.block,
+                    "lag": args.lag,
                     "warmup": args.warmup, "timeout": args.timeout}
         workers = Workers(max(ks), settings)
         stack.callback(workers.close)
         try:
-            _sweep(workers, ks, modes, served, args, rows)
+            _sweep(workers, ks, modes, served, args, rows, server_pgid)
             record["complete"] = True
         except (offload.OffloadError, KeyboardInterrupt) as error:
             record["error"] = str(error) or type(error).__name__
@@ -547,7 +691,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _sweep(workers: Workers, ks: list[int], modes: list[str],
            served: dict[str, offload.Model], args: argparse.Namespace,
-           rows: list[dict]) -> None:
+           rows: list[dict], server_pgid: int | None = None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     prepare_timeout = 120.0 + 10 * max(ks)  # spawn + importing TensorFlow on a busy node
@@ -558,20 +702,29 @@ def _sweep(workers: Workers, ks: list[int], modes: list[str],
             for mode in modes:
                 progress.update(task, description=f"K={k} {mode}: warming up")
                 workers.prepare(k, mode, prepare_timeout)
-                before = _server_counters(served) if mode == "offloaded" else None
+                before = _server_counters(served) if mode in OFFLOADED else None
+                cpu_before = (process_group_cpu(server_pgid)
+                              if mode in OFFLOADED and server_pgid else None)
                 progress.update(task, description=f"K={k} {mode}: measuring")
                 results = workers.run(k, mode, args.duration, args.timeout + 30)
                 window = (_server_window(before, _server_counters(served))
-                          if mode == "offloaded" else None)
-                row = summarise(k, mode, results, window)
+                          if mode in OFFLOADED else None)
+                cpu_after = process_group_cpu(server_pgid) if cpu_before is not None else None
+                server_cpu = (cpu_after - cpu_before
+                              if cpu_before is not None and cpu_after is not None else None)
+                row = summarise(k, mode, results, window, server_cpu)
                 rows.append(row)
                 queue = row.get("queue_us_per_request")
                 progress.console.print(
                     f"K={k} {mode:10s} {row['events_per_second']:8.1f} events/s "
                     f"({row['events_per_second_per_worker']:.1f} per worker; reco "
                     f"{row['reco_ms_per_event']:.2f} ms + inference "
-                    f"{row['inference_ms_per_event']:.2f} ms per event)"
-                    + (f"; server queue {queue:.0f} us/request" if queue is not None else ""))
+                    f"{row['inference_ms_per_event']:.2f} ms per event; job CPU "
+                    f"{row['job_cpu_ms_per_event']:.3f} ms/event, of which models "
+                    f"{row['job_model_cpu_us_per_event']:.0f} us)"
+                    + (f"; server queue {queue:.0f} us/request" if queue is not None else "")
+                    + (f"; server CPU {row['server_cpu_ms_per_event']:.3f} ms/event"
+                       if row["server_cpu_ms_per_event"] is not None else ""))
                 progress.advance(task)
 
 
@@ -586,6 +739,11 @@ def _report(record: dict) -> None:
         if "offloaded_over_in_process" in ratio:
             print(f"K={ratio['workers']}: offloaded / in-process = "
                   f"{ratio['offloaded_over_in_process']:.2f}")
+        for mode in OFFLOADED:
+            key = f"job_model_cpu_in_process_over_{mode}"
+            if key in ratio:
+                print(f"K={ratio['workers']}: the models cost the job {ratio[key]:.1f}x less "
+                      f"CPU per event {mode.replace('_', ' ')} than in-process")
     sat = record["saturation"]
     if sat["baseline_queue_us"] is not None:
         if sat["reached_in_sweep"]:

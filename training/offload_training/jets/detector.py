@@ -36,6 +36,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from offload.physics.jets import (
+    CHARGED_HADRON,
+    ELECTRON,
+    MUON,
+    NEUTRAL_HADRON,
+    PHOTON,
+    PTYPES,
+)
+
 from .pythia import Particles, pseudorapidity
 
 # Tracker
@@ -63,9 +72,9 @@ HCAL_E_MIN = 1.0  # GeV, on the measured energy
 
 CALO_ANGULAR_SIGMA = 0.02  # σ(η) = σ(φ) of calorimeter objects
 
-# Constituent types (the `ptype` column of the data set)
-CHARGED_HADRON, ELECTRON, MUON, PHOTON, NEUTRAL_HADRON = 0, 1, 2, 3, 4
-PTYPE_NAMES = ("charged hadron", "electron", "muon", "photon", "neutral hadron")
+# Constituent types (the `ptype` column of the data set): defined once, in the client's
+# preprocessing, which also maps particle-flow pdgIds onto them (PDG_ID_TYPES).
+PTYPE_NAMES = tuple(name.replace("_", " ") for name in PTYPES)
 
 
 @dataclass
