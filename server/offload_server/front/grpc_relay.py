@@ -25,6 +25,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 from urllib.parse import quote
 
 import hpack
@@ -93,8 +94,71 @@ class _Call:
     in_body: bool = False
     prefix: bytearray = field(default_factory=bytearray)
     body_left: int = 0
-    inflater: zlib._Decompress | None = None
+    inflater: Any = None  # a zlib decompressor while a compressed message passes
     inflated: int = 0
+
+
+@dataclass
+class _Passing:
+    """A DATA frame whose payload streams through as it arrives (so that a 16 MB frame is
+    never held whole): relayed, completed with zeros (refused half way: the frame must
+    still end where its header said), or dropped (refused before its header went out)."""
+
+    stream: int
+    left: int
+    mode: str  # "relay", "zero" or "drop"
+    end_stream: bool
+    call: _Call | None = None
+    length: int = 0
+
+
+class _Outbound:
+    """Bytes towards one peer, in order. Frames of the relay's own (a status, a reset, a
+    window update) wait while a relayed frame is half written."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: list[bytes] = []
+        self.mid_frame = False
+        self.waiting: list[bytes] = []
+
+    def relay(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def inject(self, data: bytes) -> None:
+        (self.waiting if self.mid_frame else self.chunks).append(data)
+
+    def frame_done(self) -> None:
+        self.mid_frame = False
+        if self.waiting:
+            self.chunks.extend(self.waiting)
+            self.waiting.clear()
+
+    def flush(self) -> None:
+        if self.chunks and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.chunks[0] if len(self.chunks) == 1
+                                 else b"".join(self.chunks))
+        self.chunks.clear()
+
+
+class _Chunk:
+    """Received bytes being read: what passes unchanged accumulates as one run, relayed
+    with one copy (a chunk holds ~16 DATA frames of 16 KB at full speed)."""
+
+    def __init__(self, data: bytes, out: _Outbound) -> None:
+        self.data, self.view, self.out = data, memoryview(data), out
+        self.run = 0  # start of the bytes not yet relayed nor skipped
+
+    def relay_to(self, end: int) -> None:
+        """Relay the run up to `end`."""
+        if end > self.run:
+            self.out.relay(self.data if self.run == 0 and end == len(self.data)
+                           else bytes(self.view[self.run:end]))
+        self.run = end
+
+    def skip_to(self, end: int) -> None:
+        """Relay the run up to where it is, then leave out everything up to `end`."""
+        self.run = max(self.run, end)
 
 
 @dataclass(frozen=True)
@@ -109,10 +173,11 @@ class Connection:
 
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
-        self.client: asyncio.Transport | None = None
-        self.triton: asyncio.Transport | None = None
-        self.client_buffer = bytearray()
-        self.triton_buffer = bytearray()
+        self.to_client, self.to_triton = _Outbound(), _Outbound()
+        self.client_pending = bytearray()
+        self.triton_pending = bytearray()
+        self.client_passing: _Passing | None = None
+        self.triton_passing: _Passing | None = None
         self.preface_seen = False
         self.decoder = hpack.Decoder()
         self.decoder.max_header_list_size = 1 << 20
@@ -125,9 +190,17 @@ class Connection:
         self.answered: set[int] = set()  # streams Triton has sent headers on
         self.closed = False
 
+    @property
+    def client(self) -> asyncio.Transport | None:
+        return self.to_client.transport
+
+    @property
+    def triton(self) -> asyncio.Transport | None:
+        return self.to_triton.transport
+
     # ---------------------------------------------------------------- transports
     def attach_client(self, transport: asyncio.Transport) -> None:
-        self.client = transport
+        self.to_client.transport = transport
         transport.pause_reading()  # until Triton's side is connected
         asyncio.get_running_loop().create_task(self._connect())
 
@@ -141,7 +214,7 @@ class Connection:
             return
         if self.client is not None and not self.closed:
             self.client.resume_reading()
-            if self.client_buffer:
+            if self.client_pending:
                 self.from_client(b"")
 
     def close(self) -> None:
@@ -154,75 +227,164 @@ class Connection:
 
     # ------------------------------------------------------------ client -> Triton
     def from_client(self, data: bytes) -> None:
-        buffer = self.client_buffer
-        buffer += data
         if self.triton is None or self.closed:
+            self.client_pending += data
             return
-        to_triton, to_client = bytearray(), bytearray()
-        start = 0
-        if not self.preface_seen:
-            if len(buffer) < len(PREFACE):
-                return
-            if buffer[:len(PREFACE)] != PREFACE:
-                self.close()  # not HTTP/2 with prior knowledge: nothing to relay
-                return
-            to_triton += PREFACE
-            start = len(PREFACE)
-            self.preface_seen = True
-        end = len(buffer)
+        if self.client_pending:
+            self.client_pending += data
+            data = bytes(self.client_pending)
+            self.client_pending.clear()
         try:
-            while end - start >= 9:
-                length = int.from_bytes(buffer[start:start + 3], "big")
-                if end - start < 9 + length:
-                    break
-                raw = bytes(buffer[start:start + 9 + length])
-                start += 9 + length
-                self._client_frame(raw, to_triton, to_client)
+            self._read_client(data)
         except hpack.HPACKError as error:
             log.warning("closing a connection whose headers do not decode: %s", error)
             self._fail_connection(COMPRESSION_ERROR)
-            return
         except _ProtocolViolation as error:
             log.warning("closing a connection: %s", error)
             self._fail_connection(PROTOCOL_ERROR)
-            return
-        del buffer[:start]
-        if to_triton:
-            self.triton.write(to_triton)
-        if to_client and self.client is not None:
-            self.client.write(to_client)
+        finally:
+            self.to_triton.flush()
+            self.to_client.flush()
 
-    def _client_frame(self, raw: bytes, to_triton: bytearray, to_client: bytearray) -> None:
+    def _read_client(self, data: bytes) -> None:
+        chunk, position, size = _Chunk(data, self.to_triton), 0, len(data)
+        view = chunk.view
+        if not self.preface_seen:
+            if size < len(PREFACE):
+                self.client_pending += data
+                return
+            if data[:len(PREFACE)] != PREFACE:
+                self.close()  # not HTTP/2 with prior knowledge: nothing to relay
+                return
+            position = len(PREFACE)  # relayed as part of the run
+            self.preface_seen = True
+        try:
+            while position < size:
+                passing = self.client_passing
+                if passing is not None:
+                    take = min(passing.left, size - position)
+                    self._client_payload(passing, chunk, position, take)
+                    position += take
+                    if passing.left == 0:
+                        self._client_frame_end(passing, chunk, position)
+                    continue
+                if size - position < 9:
+                    break
+                length = int.from_bytes(data[position:position + 3], "big")
+                kind, flags = data[position + 3], data[position + 4]
+                if kind == DATA and not flags & PADDED and self.client_block is None:
+                    head = min(length, 5)  # enough for a message prefix at the frame's start
+                    if size - position < 9 + head:
+                        break
+                    self._client_data_start(chunk, position, length, flags, head)
+                    position += 9 + head
+                    passing = self.client_passing
+                    if passing is not None and passing.left == 0:
+                        self._client_frame_end(passing, chunk, position)
+                    continue
+                if size - position < 9 + length:
+                    break
+                chunk.relay_to(position)
+                raw = bytes(view[position:position + 9 + length])
+                position += 9 + length
+                chunk.skip_to(position)
+                self._client_frame(raw)
+        finally:
+            chunk.relay_to(position)
+            passing = self.client_passing
+            self.to_triton.mid_frame = passing is not None and passing.mode != "drop"
+            if not self.to_triton.mid_frame:
+                self.to_triton.frame_done()
+        if position < size:
+            self.client_pending += view[position:]
+
+    def _client_data_start(self, chunk: _Chunk, position: int, length: int, flags: int,
+                           head: int) -> None:
+        stream = int.from_bytes(chunk.data[position + 5:position + 9], "big") & 0x7FFFFFFF
+        passing = _Passing(stream, length - head, "drop", bool(flags & END_STREAM),
+                           length=length)
+        self.client_passing = passing
+        if stream not in self.refused:
+            call = self.calls.get(stream)
+            refusal = None if call is None else \
+                self._check_data(call, chunk.view[position + 9:position + 9 + head])
+            if refusal is None:
+                passing.mode, passing.call = "relay", call  # header and head join the run
+                return
+            chunk.relay_to(position)
+            self._refuse(stream, refusal)
+        chunk.relay_to(position)
+        chunk.skip_to(position + 9 + head)
+
+    def _client_payload(self, passing: _Passing, chunk: _Chunk, position: int,
+                        take: int) -> None:
+        if passing.mode == "relay":
+            call = passing.call
+            refusal = None if call is None else \
+                self._check_data(call, chunk.view[position:position + take])
+            if refusal is None:
+                passing.left -= take  # joins the run
+                return
+            # Triton has this frame's start: the frame ends with zeros, then a reset.
+            self._refuse(passing.stream, refusal, reset=False)
+            passing.mode = "zero"
+        chunk.relay_to(position)
+        if passing.mode == "zero":
+            self.to_triton.relay(bytes(take))
+        chunk.skip_to(position + take)
+        passing.left -= take
+
+    def _client_frame_end(self, passing: _Passing, chunk: _Chunk, position: int) -> None:
+        self.client_passing = None
+        stream = passing.stream
+        if passing.mode == "drop":
+            if passing.length:  # give back the flow-control credit these bytes took
+                self.to_client.inject(frame(WINDOW_UPDATE, 0, 0,
+                                            passing.length.to_bytes(4, "big")))
+        else:
+            chunk.relay_to(position)
+            self.to_triton.frame_done()
+        if passing.mode == "zero":
+            self.to_triton.inject(frame(RST_STREAM, 0, stream, CANCEL.to_bytes(4, "big")))
+        if passing.end_stream:
+            if passing.mode == "relay":
+                self.calls.pop(stream, None)
+            else:
+                self.refused.discard(stream)
+
+    def _client_frame(self, raw: bytes) -> None:
+        """A whole frame other than an unpadded DATA frame."""
         kind, flags = raw[3], raw[4]
         stream = int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
         if self.client_block is not None and kind != CONTINUATION:
             raise _ProtocolViolation("a header block was interrupted by another frame")
         if kind in (HEADERS, CONTINUATION):
-            self._client_headers(raw, kind, flags, stream, to_triton, to_client)
+            self._client_headers(raw, kind, flags, stream)
             return
         if stream in self.refused:
             if kind == DATA and len(raw) > 9:  # give back the flow-control credit it took
-                to_client += frame(WINDOW_UPDATE, 0, 0, (len(raw) - 9).to_bytes(4, "big"))
+                self.to_client.inject(frame(WINDOW_UPDATE, 0, 0,
+                                            (len(raw) - 9).to_bytes(4, "big")))
             if kind == RST_STREAM or (flags & END_STREAM and kind == DATA):
                 self.refused.discard(stream)
             return
-        if kind == DATA:
+        if kind == DATA:  # a padded one (gRPC clients do not pad): checked whole
             call = self.calls.get(stream)
             if call is not None:
                 refusal = self._check_data(call, _payload(raw, flags))
                 if refusal is not None:
-                    self._refuse(stream, refusal, to_triton, to_client)
-                    to_client += frame(WINDOW_UPDATE, 0, 0, (len(raw) - 9).to_bytes(4, "big"))
+                    self._refuse(stream, refusal)
+                    self.to_client.inject(frame(WINDOW_UPDATE, 0, 0,
+                                                (len(raw) - 9).to_bytes(4, "big")))
                     return
                 if flags & END_STREAM:
                     del self.calls[stream]
         elif kind == RST_STREAM:
             self.calls.pop(stream, None)
             self.answered.discard(stream)
-        to_triton += raw
+        self.to_triton.relay(raw)
 
-    def _client_headers(self, raw: bytes, kind: int, flags: int, stream: int,
-                        to_triton: bytearray, to_client: bytearray) -> None:
+    def _client_headers(self, raw: bytes, kind: int, flags: int, stream: int) -> None:
         if kind == HEADERS:
             self.client_block = (stream, [raw], [_header_fragment(raw, flags)])
         elif self.client_block is None or self.client_block[0] != stream:
@@ -237,7 +399,7 @@ class Connection:
         headers = self.decoder.decode(b"".join(fragments), raw=False)
         end_stream = bool(frames[0][4] & END_STREAM)
         for piece in frames:  # always: Triton's HPACK table must see every block
-            to_triton += piece
+            self.to_triton.relay(piece)
         if stream in self.refused:  # trailers of a refused call
             if end_stream:
                 self.refused.discard(stream)
@@ -245,7 +407,7 @@ class Connection:
             path = next((v for k, v in headers if k == ":path"), "")
             refusal = self.config.policy.check_grpc(path, headers)
             if refusal is not None:
-                self._refuse(stream, refusal, to_triton, to_client)
+                self._refuse(stream, refusal)
                 if end_stream:
                     self.refused.discard(stream)
             elif not end_stream:
@@ -292,10 +454,10 @@ class Connection:
                 call.in_body = False
         return None
 
-    def _refuse(self, stream: int, refusal: Refusal, to_triton: bytearray,
-                to_client: bytearray) -> None:
+    def _refuse(self, stream: int, refusal: Refusal, *, reset: bool = True) -> None:
         """Answer the call with the refusal's status and reset it on Triton's side (which
-        has its headers, but never gets its message)."""
+        has its headers, but never gets its whole message); `reset` False: the caller
+        resets it once the frame in progress is complete."""
         if len(self.refused) >= MAX_REFUSED_OPEN:
             raise _ProtocolViolation(f"{len(self.refused)} refused calls left open")
         self.refused.add(stream)
@@ -303,66 +465,116 @@ class Connection:
         if len(self.silenced) > MAX_SILENCED:
             del self.silenced[next(iter(self.silenced))]
         self.calls.pop(stream, None)
-        to_triton += frame(RST_STREAM, 0, stream, CANCEL.to_bytes(4, "big"))
+        if reset:
+            self.to_triton.inject(frame(RST_STREAM, 0, stream, CANCEL.to_bytes(4, "big")))
         started = stream in self.answered
         self.answered.discard(stream)
-        to_client += frame(HEADERS, END_STREAM | END_HEADERS, stream,
-                           status_block(refusal.code, refusal.message,
-                                        response_started=started))
+        self.to_client.inject(frame(HEADERS, END_STREAM | END_HEADERS, stream,
+                                    status_block(refusal.code, refusal.message,
+                                                 response_started=started)))
         # The call is over: the client may stop sending its message.
-        to_client += frame(RST_STREAM, 0, stream, NO_ERROR.to_bytes(4, "big"))
+        self.to_client.inject(frame(RST_STREAM, 0, stream, NO_ERROR.to_bytes(4, "big")))
         log.info("refused stream %d: %s", stream, refusal.message)
 
     def _fail_connection(self, code: int) -> None:
-        if self.client is not None:
-            self.client.write(frame(GOAWAY, 0, 0, (0).to_bytes(4, "big")
+        self.to_client.inject(frame(GOAWAY, 0, 0, (0).to_bytes(4, "big")
                                     + code.to_bytes(4, "big")))
+        self.to_client.frame_done()  # (a half-written frame is lost with the connection)
+        self.to_client.flush()
         self.close()
 
     # ------------------------------------------------------------ Triton -> client
     def from_triton(self, data: bytes) -> None:
-        buffer = self.triton_buffer
-        buffer += data
-        out, credit = bytearray(), 0
-        start, end = 0, len(buffer)
-        while end - start >= 9:
-            length = int.from_bytes(buffer[start:start + 3], "big")
-            if end - start < 9 + length:
-                break
-            raw = bytes(buffer[start:start + 9 + length])
-            start += 9 + length
-            kind, flags = raw[3], raw[4]
-            stream = int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
-            if kind == CONTINUATION and self.triton_block is not None:
-                self.triton_block[1].append(raw)
-                if flags & END_HEADERS:
-                    out += b"".join(self.triton_block[1])
-                    self.triton_block = None
-                continue
-            if kind == DATA and stream in self.silenced:
-                credit += length  # Triton's send window: the client never sees these
-                continue
-            if kind == HEADERS:
-                self.answered.add(stream)
-                if flags & END_STREAM:
-                    self._finished(stream)
-                if not flags & END_HEADERS:
-                    self.triton_block = (stream, [raw])
+        if self.triton_pending:
+            self.triton_pending += data
+            data = bytes(self.triton_pending)
+            self.triton_pending.clear()
+        try:
+            self._read_triton(data)
+        finally:
+            self.to_client.flush()
+            self.to_triton.flush()
+
+    def _read_triton(self, data: bytes) -> None:
+        chunk, position, size = _Chunk(data, self.to_client), 0, len(data)
+        view = chunk.view
+        try:
+            while position < size:
+                passing = self.triton_passing
+                if passing is not None:
+                    take = min(passing.left, size - position)
+                    if passing.mode != "relay":
+                        chunk.relay_to(position)
+                        chunk.skip_to(position + take)
+                    position += take
+                    passing.left -= take
+                    if passing.left == 0:
+                        self._triton_frame_end(passing, chunk, position)
                     continue
-            elif kind == RST_STREAM:
+                if size - position < 9:
+                    break
+                length = int.from_bytes(data[position:position + 3], "big")
+                kind, flags = data[position + 3], data[position + 4]
+                stream = int.from_bytes(data[position + 5:position + 9], "big") & 0x7FFFFFFF
+                if kind == DATA and self.triton_block is None:
+                    passing = _Passing(stream, length, "relay", bool(flags & END_STREAM),
+                                       length=length)
+                    if stream in self.silenced:
+                        passing.mode = "drop"
+                        chunk.relay_to(position)
+                        chunk.skip_to(position + 9)
+                    position += 9
+                    self.triton_passing = passing
+                    if length == 0:
+                        self._triton_frame_end(passing, chunk, position)
+                    continue
+                if size - position < 9 + length:
+                    break
+                chunk.relay_to(position)
+                raw = bytes(view[position:position + 9 + length])
+                position += 9 + length
+                chunk.skip_to(position)
+                self._triton_frame(raw, kind, flags, stream)
+        finally:
+            chunk.relay_to(position)
+            passing = self.triton_passing
+            self.to_client.mid_frame = passing is not None and passing.mode == "relay"
+            if not self.to_client.mid_frame:
+                self.to_client.frame_done()
+        if position < size:
+            self.triton_pending += view[position:]
+
+    def _triton_frame_end(self, passing: _Passing, chunk: _Chunk, position: int) -> None:
+        self.triton_passing = None
+        if passing.mode == "relay":
+            chunk.relay_to(position)
+            self.to_client.frame_done()
+            if passing.end_stream:
+                self._finished(passing.stream)
+        elif passing.length:  # Triton's send window: the client never saw these bytes
+            self.to_triton.inject(frame(WINDOW_UPDATE, 0, 0,
+                                        passing.length.to_bytes(4, "big")))
+
+    def _triton_frame(self, raw: bytes, kind: int, flags: int, stream: int) -> None:
+        """A whole frame other than DATA; header blocks are written once complete."""
+        if kind == CONTINUATION and self.triton_block is not None:
+            self.triton_block[1].append(raw)
+            if flags & END_HEADERS:
+                self.to_client.relay(b"".join(self.triton_block[1]))
+                self.triton_block = None
+            return
+        if kind == HEADERS:
+            self.answered.add(stream)
+            if flags & END_STREAM:
                 self._finished(stream)
-            elif kind == SETTINGS and not flags & ACK:
-                self._triton_settings(raw[9:])
-            elif kind == DATA and flags & END_STREAM:
-                self._finished(stream)
-            out += raw
-        del buffer[:start]
-        if credit:
-            out_triton = frame(WINDOW_UPDATE, 0, 0, credit.to_bytes(4, "big"))
-            if self.triton is not None:
-                self.triton.write(out_triton)
-        if out and self.client is not None:
-            self.client.write(out)
+            if not flags & END_HEADERS:
+                self.triton_block = (stream, [raw])
+                return
+        elif kind == RST_STREAM:
+            self._finished(stream)
+        elif kind == SETTINGS and not flags & ACK:
+            self._triton_settings(raw[9:])
+        self.to_client.relay(raw)
 
     def _finished(self, stream: int) -> None:
         self.answered.discard(stream)
@@ -437,7 +649,7 @@ class _Side(asyncio.Protocol):
 
 class _ClientSide(_Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.connection.attach_client(transport)
 
@@ -450,9 +662,9 @@ class _ClientSide(_Side):
 
 class _TritonSide(_Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=HIGH_WATER)
-        self.connection.triton = transport
+        self.connection.to_triton.transport = transport
 
     def other(self) -> asyncio.Transport | None:
         return self.connection.client
