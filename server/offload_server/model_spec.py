@@ -137,10 +137,32 @@ class ModelSpec:
         )
 
 
-def read_config(model_dir: Path):  # -> model_config_pb2.ModelConfig
-    """Parse `config.pbtxt` with Triton's protobuf; errors carry line and column."""
-    path = model_dir / "config.pbtxt"
+#: Where Triton (2.51+, `--model-config-name NAME`) looks for a model's config variants.
+VARIANTS_FOLDER = "configs"
+
+
+def config_path(model_dir: Path, variant: str | None = None) -> Path:
+    """`config.pbtxt`, or the variant `configs/<variant>.pbtxt` that
+    `tritonserver --model-config-name <variant>` loads instead."""
+    if variant is None:
+        return Path(model_dir) / "config.pbtxt"
+    return Path(model_dir) / VARIANTS_FOLDER / f"{variant}.pbtxt"
+
+
+def config_variants(model_dir: Path) -> list[str]:
+    """The names of a model's config variants (`configs/*.pbtxt`), sorted."""
+    folder = Path(model_dir) / VARIANTS_FOLDER
+    return sorted(p.stem for p in folder.glob("*.pbtxt")) if folder.is_dir() else []
+
+
+def read_config(model_dir: Path, variant: str | None = None):  # -> model_config_pb2.ModelConfig
+    """Parse `config.pbtxt` (or a variant) with Triton's protobuf; errors carry line and
+    column."""
+    path = config_path(model_dir, variant)
     if not path.is_file():
+        if variant is not None:
+            raise ModelRepositoryError(f"{path} is missing: model '{Path(model_dir).name}' has "
+                                       f"no config variant '{variant}'")
         raise ModelRepositoryError(f"{path} is missing; with auto-complete off (the default) "
                                    "every model needs a complete config.pbtxt")
     from google.protobuf import text_format
@@ -163,9 +185,9 @@ def spec_from_proto(config, folder_name: str) -> ModelSpec:
     return ModelSpec.from_config(as_dict)
 
 
-def spec_from_folder(model_dir: Path) -> ModelSpec:
-    """The spec of a model folder's `config.pbtxt`."""
-    return spec_from_proto(read_config(model_dir), model_dir.name)
+def spec_from_folder(model_dir: Path, variant: str | None = None) -> ModelSpec:
+    """The spec of a model folder's `config.pbtxt`, or of its config variant."""
+    return spec_from_proto(read_config(model_dir, variant), Path(model_dir).name)
 
 
 def shapes_compatible(declared: tuple[int, ...], found: tuple[int, ...]) -> bool:
