@@ -99,6 +99,28 @@ class ModelSpec:
                     ) from None
         return None
 
+    def bool_parameter(self, name: str, default: bool = False) -> bool:
+        """A boolean parameter as the native backends parse it (true/on/1, false/off/0)."""
+        from offload_server.backends.parameters import parse_bool
+
+        if name not in self.parameters:
+            return default
+        value = parse_bool(self.parameters[name])
+        if value is None:
+            raise ModelRepositoryError(
+                f"model '{self.name}': parameter {name} must be true/on/1 or false/off/0 "
+                f"(as Triton's native backends parse it), got {self.parameters[name]!r}")
+        return value
+
+    def thread_parameter(self, name: str) -> int | None:
+        """A thread count: an integer >= 0 (0: the framework's default), or None if unset."""
+        value = self.int_parameter(name)
+        if value is not None and value < 0:
+            raise ModelRepositoryError(
+                f"model '{self.name}': parameter {name} must be >= 0 (0: the framework's "
+                f"default), got {value}")
+        return value
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSpec:
         """From Triton's JSON form of the config (what a Python backend receives) or from

@@ -17,7 +17,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from offload_server.local_server import CONTROL_MODES, LocalServer, ServerTLS
+from offload_server.local_server import (
+    CONFIG_NAME_PATTERN,
+    CONTROL_MODES,
+    LocalServer,
+    ServerTLS,
+)
 
 _WARNING_OR_ERROR = re.compile(r"^[EW]\d{4} ")
 
@@ -38,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Triton's verbose log level")
     parser.add_argument("--auto-complete-config", action="store_true",
                         help="let Triton complete configs (off by default: configs must be whole)")
+    parser.add_argument("--model-config-name", metavar="NAME", type=_config_name,
+                        help="serve each model's configs/NAME.pbtxt instead of its "
+                             "config.pbtxt, where it has one (e.g. gpu)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, metavar="SECONDS")
     parser.add_argument("--exit-timeout", type=int, default=5, metavar="SECONDS",
                         help="how long Triton may drain in-flight requests when stopping")
@@ -88,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             auto_complete_config=args.auto_complete_config, exit_timeout=args.exit_timeout,
             startup_timeout=args.startup_timeout, extra_args=passthrough, on_log_line=echo,
             token=token, tls=tls,
-            on_status=status.update,
+            on_status=status.update, model_config_name=args.model_config_name,
         ).start()
         started.set()
     try:
@@ -114,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
     console.print("stopped.")
     return 0
+
+
+def _config_name(value: str) -> str:
+    if not CONFIG_NAME_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: a config name is a file name under "
+                                         "configs/ without .pbtxt, e.g. gpu")
+    return value
 
 
 def _protection(args: argparse.Namespace) -> tuple[str | None, ServerTLS | None]:
