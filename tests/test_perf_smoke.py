@@ -152,3 +152,49 @@ def test_make_perf_quick_runs_end_to_end(tmp_path):
         assert (tmp_path / "sweeps" / f"{model}.csv").is_file()
     for name in ("service_efficiency.json", "dynamic_batching.json"):
         assert json.loads((tmp_path / name).read_text())
+
+
+def test_overlap_benchmark_smoke(tmp_path):
+    import tiny_models as tm
+
+    repo = tmp_path / "repo"
+    tm.export_onnx_mlp(repo, "mlp", extra="""dynamic_batching {
+  default_queue_policy { max_queue_size: 8 } }
+instance_group [ { count: 2 } ]""")
+    result = subprocess.run([sys.executable, "-m", "offload_perf.overlap", "--repository",
+                             str(repo), "--trials", "3", "--patterns", "pair", "triple",
+                             "--output", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out" / "overlap.json").read_text())
+    assert record["machine"]["cores"] and record["stall_ms"] == 400
+    rows = {(r["configuration"], r["pattern"]): r for r in record["rows"]}
+    assert set(rows) == {(c, p) for c in ("as committed", "one instance")
+                         for p in ("pair", "triple")}
+    assert rows["as committed", "pair"]["sizes"] == [1024, 176]
+    assert rows["one instance", "triple"]["sizes"] == [1024, 1024, 176]
+    assert rows["as committed", "pair"]["instances"] == 2
+    assert rows["one instance", "pair"]["instances"] == 1
+    for row in rows.values():
+        assert row["trials"] == 3 and row["worst_ms"] >= row["median_trial_ms"] > 0
+        assert row["mean_executions"] >= 2  # the pieces did not merge (> max_batch_size)
+        assert 0 <= row["stalls"] <= 3
+
+
+@pytest.mark.slow
+def test_plan_validation_quick_runs_end_to_end(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "offload_perf.validate_plan", "--quick",
+                             "--output", str(tmp_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "plan_validation.json").read_text())
+    assert [r["workers"] for r in record["gridsim"]["rows"]] == [1, 2]
+    assert record["workload"]["events_per_second_per_job"] > 0
+    assert record["prediction"]["jobs_per_replica_at_saturation"] > 0
+    assert record["machine"]["cpu"]
+    for model in ("jet_tagger", "jet_energy_regression"):
+        sweep = json.loads((tmp_path / "sweeps" / f"{model}.json").read_text())
+        assert sweep["machine"]["cores"]
+        assert all(p["batch"] == 2 and p["server_executions_per_request"] > 0
+                   for p in sweep["points"])
+    assert "predicted jobs per server" in result.stdout

@@ -120,14 +120,14 @@ def _copy_model(source: Path, target: Path) -> None:
             shutil.copytree(version, target / version.name)
 
 
-def _counters(model: offload.Model) -> tuple[float, float, int]:
-    """Cumulative (queue µs, compute µs, executions) of the model on the server."""
+def _counters(model: offload.Model) -> tuple[float, float, int, int]:
+    """Cumulative (queue µs, compute µs, executions, requests) of the model on the server."""
     rows = model.server_stats()
     if not rows:
-        return 0.0, 0.0, 0
+        return 0.0, 0.0, 0, 0
     row = rows[0]
     compute = row.compute_input_us + row.compute_infer_us + row.compute_output_us
-    return row.queue_us * row.requests, compute * row.requests, row.executions
+    return row.queue_us * row.requests, compute * row.requests, row.executions, row.requests
 
 
 def run_trial(model: offload.Model, batches: list[dict[str, np.ndarray]]) -> Trial:
@@ -155,6 +155,10 @@ def run_trial(model: offload.Model, batches: list[dict[str, np.ndarray]]) -> Tri
     for future in futures:
         future.result()  # raises the request's error, if any
     after = _counters(model)
+    deadline = time.monotonic() + 5  # Triton counts a request just after answering it
+    while after[3] - before[3] < len(batches) and time.monotonic() < deadline:
+        time.sleep(0.005)
+        after = _counters(model)
     return Trial(latencies, (after[0] - before[0]) / 1e3, (after[1] - before[1]) / 1e3,
                  after[2] - before[2])
 
