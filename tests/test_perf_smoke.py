@@ -198,3 +198,36 @@ def test_plan_validation_quick_runs_end_to_end(tmp_path):
         assert all(p["batch"] == 2 and p["server_executions_per_request"] > 0
                    for p in sweep["points"])
     assert "predicted jobs per server" in result.stdout
+
+
+def test_gpu_run_quick_mode_runs_here_and_notes_what_it_skips(tmp_path):
+    """The prepared GPU run (perf/gpu_run.sh) in its QUICK mode; without a GPU every GPU part
+    is skipped with a note and the rest still runs and writes its files."""
+    import shutil as _shutil
+
+    result = subprocess.run([str(ROOT / "perf" / "gpu_run.sh"), "--quick", "--output",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**__import__("os").environ,
+                                              "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    environment = json.loads((tmp_path / "environment.json").read_text())
+    assert summary["quick"] is True and summary["elapsed_s"] < 300
+    torch_step = summary["steps"]["baseline torch"]["result"]
+    devices = {row["device"] for row in torch_step["timings"]}
+    assert "cpu" in devices and all(row["rows_per_s"] > 0 for row in torch_step["timings"])
+    server = summary["steps"]["server"]["result"]
+    assert server["sweeps"]["calo_shower_generator"]
+    assert server["overlap"] and server["overlap"][0]["trials"] == 2
+    assert server["served_vs_in_process_cpu"]["showers"] == 256
+    assert (tmp_path / "sweeps" / "calo_shower_generator.json").is_file()
+    assert (tmp_path / "tritonserver.log").stat().st_size > 0
+    assert "# GPU run" in (tmp_path / "summary.md").read_text()
+    if not environment["gpu"]:
+        assert any("no CUDA device visible to torch" in n for n in summary["notes"])
+        assert server["config_variant"] is None and devices == {"cpu"}
+        if _shutil.which("nvidia-smi") is None:
+            assert any("the CPU configs (config.pbtxt)" in n for n in summary["notes"])
+    else:  # on a GPU machine the same test checks the GPU path
+        assert "cuda:0" in devices
+        assert torch_step["agreement_cpu_vs_gpu"]["showers"] == 256

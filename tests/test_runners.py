@@ -172,3 +172,12 @@ def test_cuda_devices_of_cpu_only_backends_is_zero():
 
     assert cuda_devices("pytorch") == (torch.cuda.device_count()
                                        if torch.cuda.is_available() else 0)
+
+
+def test_readme_lists_the_parameters_each_backend_reads():
+    from pathlib import Path
+
+    from offload_server.backends.parameters import markdown_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert markdown_table() in readme, "README's parameter table differs from parameters.py"

@@ -123,9 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                                 r.model: {"at_saturation": r.capacity.saturation,
                                           "at_p99": r.capacity.at_target if at_target else None}
                                 for r in planned.models}}
+    best = max(rows, key=lambda r: r["events_per_second"])
+    record["prediction"]["events_per_second_at_saturation"] = (
+        planned.jobs_per_replica_at_saturation * per_job)
     record["measured"] = {"sustained_workers": saturation.get("sustained_workers"),
                           "first_growing_workers": saturation.get("first_growing_workers"),
-                          "criterion": saturation.get("criterion")}
+                          "criterion": saturation.get("criterion"),
+                          "max_events_per_second": best["events_per_second"],
+                          "workers_at_max_events_per_second": best["workers"],
+                          "job_equivalents_at_max": best["events_per_second"] / per_job}
     path = args.output / "plan_validation.json"
     path.write_text(json.dumps(record, indent=2))
     print(f"job: {per_job:.1f} events/s unhindered (gridsim, K={rows[0]['workers']}), "
@@ -133,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"predicted jobs per server: {planned.jobs_per_replica_at_saturation:.1f} at "
           f"saturation" + (f", {at_target:.1f} within p99 {args.p99_ms:g} ms"
                            if at_target else f", none within p99 {args.p99_ms:g} ms"))
+    predicted = planned.jobs_per_replica_at_saturation * per_job
+    print(f"throughput at saturation: predicted {predicted:.0f} events/s, measured at most "
+          f"{best['events_per_second']:.0f} events/s (K={best['workers']}, "
+          f"{best['events_per_second'] / per_job:.1f} unhindered jobs' worth)")
     grows = saturation.get("first_growing_workers")
     print(f"gridsim: queue grows from K={grows}; sustains {saturation.get('sustained_workers')}"
           if grows else f"gridsim: queue did not grow up to K={rows[-1]['workers']}")

@@ -84,6 +84,9 @@ NATIVE: dict[str, dict[str, Parameter]] = {
         "MAX_SESSION_SHARE_COUNT": Parameter("int", "instances sharing one session",
                                              "accepted; instances are processes here",
                                              applied=False),
+        "TF_INIT_OPS_FILE": Parameter("string", "JSON file of initialisation ops to run",
+                                      "accepted, not applied (a SavedModel initialises "
+                                      "itself)", applied=False),
     },
 }
 
