@@ -82,8 +82,9 @@ class Target:
         return rows
 
 
-def _queue_reasons(max_batch_size: int, row_bytes: int) -> dict[str, str]:
-    request_mb = max_batch_size * row_bytes / 1e6
+def _queue_reasons(max_batch_size: int, max_queue_size: int = JOBS_PER_REPLICA
+                   * CLIENT_IN_FLIGHT, timeout_s: float = 10.0) -> dict[str, str]:
+    drain = max_queue_size * max_batch_size / timeout_s
     return {
         "max_queue_delay_microseconds":
             "at low load a lone request waits at most 1 ms for company (well inside an "
@@ -97,9 +98,11 @@ def _queue_reasons(max_batch_size: int, row_bytes: int) -> dict[str, str]:
             "backoff, KEDA adds replicas on queue time) instead of waiting",
         "default_timeout_microseconds":
             "10 s, as on the CPU: a request still queued after that is refused rather than "
-            "run late (clients may ask for less: allow_timeout_override); a full queue of "
-            f"max_batch_size requests ({request_mb:.1f} MB each) drains well within it at the "
-            "throughput `offload perf` measures on a GPU (perf/RESULTS.md)",
+            "run late (clients may ask for less: allow_timeout_override). A full queue of "
+            f"full requests ({max_queue_size} × {max_batch_size} rows) drains within it only "
+            f"above {drain:,.0f} rows/s; check that against the GPU's sweep (perf/gpu_run.sh) "
+            "and lower max_queue_size if the GPU is slower, so that the queue refuses before "
+            "the timeout has to",
     }
 
 
@@ -116,8 +119,9 @@ def _common_reasons(max_batch_size: int, row_bytes: int, per_row: str) -> dict[s
             f"{per_row}; a request of {max_batch_size} rows is {request_mb:.1f} MB "
             f"({row_bytes:,} B a row), under the 16 MiB Envoy forwards "
             "(k8s/base/envoy/envoy.yaml) — twice the rows would not always be. On a GPU the "
-            "cost per row keeps falling up to batches of several hundred (kernel launches "
-            "and copies are per batch), unlike the 2-core CPU that sized config.pbtxt",
+            "cost per row typically keeps falling up to batches of hundreds to thousands "
+            "(kernel launches and copies are per batch), unlike on the 2-core CPU that sized "
+            "config.pbtxt",
         "preferred_batch_size":
             "when queued requests add up to one of these, the batch goes at once instead of "
             "waiting out the queue delay (batch-1 HLT traffic reaches them); powers of two "
@@ -126,7 +130,7 @@ def _common_reasons(max_batch_size: int, row_bytes: int, per_row: str) -> dict[s
             "one batch of 1 and one of max_batch_size at load, so that CUDA context, kernel "
             "selection (and a TensorRT engine build, if enabled) happen before the pod "
             "reports ready, not on the first jobs' requests",
-        **_queue_reasons(max_batch_size, row_bytes),
+        **_queue_reasons(max_batch_size),
     }
 
 
@@ -279,7 +283,9 @@ def card_section(model_dir: Path, targets: dict[str, Target]) -> str:
              "`offload serve --model-config-name <target>` likewise). Inputs, outputs and "
              "backend are those of `config.pbtxt`; `offload repo check` validates every "
              "variant against the artifact. The figures are reasoned, not yet measured on a "
-             "GPU: `perf/gpu_run.sh` measures them wherever a GPU is available.", ""]
+             "GPU: `perf/gpu_run.sh` measures them wherever a GPU is available. "
+             "`config.pbtxt` itself has two instances for the reason given for "
+             "`instance_group` below (the batcher's 500 ms sleep with a single instance).", ""]
     for name, target in targets.items():
         lines += [f"### `configs/{name}.pbtxt` ({target.kind}, NGC 24.10's native backend)", "",
                   "| setting | value | why |", "| --- | --- | --- |"]
@@ -291,7 +297,7 @@ def card_section(model_dir: Path, targets: dict[str, Target]) -> str:
     lines += ["A site adds its own target (e.g. `h100`) by copying `configs/gpu.pbtxt` to "
               "`configs/h100.pbtxt` in every model, changing the numbers, checking with "
               "`offload repo check`, and starting Triton with `--model-config-name=h100` "
-              "(README, \"Config variants\").", _CARD_END]
+              "(README, \"GPUs\").", _CARD_END]
     return "\n".join(lines)
 
 
