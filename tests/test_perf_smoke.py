@@ -150,7 +150,7 @@ def test_make_perf_quick_runs_end_to_end(tmp_path):
     assert "== done" in result.stdout, result.stdout + result.stderr
     for model in ("jet_tagger", "jet_energy_regression", "calo_shower_generator"):
         assert (tmp_path / "sweeps" / f"{model}.csv").is_file()
-    for name in ("service_efficiency.json", "dynamic_batching.json"):
+    for name in ("service_efficiency.json", "dynamic_batching.json", "overlap.json"):
         assert json.loads((tmp_path / name).read_text())
 
 
