@@ -231,6 +231,21 @@ def test_gpu_overlay_requests_gpus_on_gpu_nodes() -> None:
         spec["tolerations"]
 
 
+def test_gpu_overlay_serves_the_gpu_config_variants() -> None:
+    """Triton on GPUs loads model_repository/<model>/configs/gpu.pbtxt (issue 15); the CPU
+    overlays keep config.pbtxt. Every model has the variant, so none silently falls back."""
+    for target in ("gpu", *(f"gpu+{c}" for c in COMPONENTS)):
+        args = triton_container(render(target))["args"]
+        assert args.count("--model-config-name=gpu") == 1, (target, args)
+    for overlay in ("cpu", "dev"):
+        assert not any(a.startswith("--model-config-name")
+                       for a in triton_container(render(overlay))["args"]), overlay
+    models = [p for p in (ROOT / "model_repository").iterdir() if (p / "config.pbtxt").is_file()]
+    assert models
+    for model in models:
+        assert (model / "configs" / "gpu.pbtxt").is_file(), model.name
+
+
 @pytest.mark.parametrize("overlay", ["cpu", "dev"])
 def test_cpu_overlays_request_no_gpu(overlay: str) -> None:
     objects = render(overlay)

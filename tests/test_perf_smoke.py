@@ -150,5 +150,84 @@ def test_make_perf_quick_runs_end_to_end(tmp_path):
     assert "== done" in result.stdout, result.stdout + result.stderr
     for model in ("jet_tagger", "jet_energy_regression", "calo_shower_generator"):
         assert (tmp_path / "sweeps" / f"{model}.csv").is_file()
-    for name in ("service_efficiency.json", "dynamic_batching.json"):
+    for name in ("service_efficiency.json", "dynamic_batching.json", "overlap.json"):
         assert json.loads((tmp_path / name).read_text())
+
+
+def test_overlap_benchmark_smoke(tmp_path):
+    import tiny_models as tm
+
+    repo = tmp_path / "repo"
+    tm.export_onnx_mlp(repo, "mlp", extra="""dynamic_batching {
+  default_queue_policy { max_queue_size: 8 } }
+instance_group [ { count: 2 } ]""")
+    result = subprocess.run([sys.executable, "-m", "offload_perf.overlap", "--repository",
+                             str(repo), "--trials", "3", "--patterns", "pair", "triple",
+                             "--output", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out" / "overlap.json").read_text())
+    assert record["machine"]["cores"] and record["stall_ms"] == 400
+    rows = {(r["configuration"], r["pattern"]): r for r in record["rows"]}
+    assert set(rows) == {(c, p) for c in ("as committed", "one instance")
+                         for p in ("pair", "triple")}
+    assert rows["as committed", "pair"]["sizes"] == [1024, 176]
+    assert rows["one instance", "triple"]["sizes"] == [1024, 1024, 176]
+    assert rows["as committed", "pair"]["instances"] == 2
+    assert rows["one instance", "pair"]["instances"] == 1
+    for row in rows.values():
+        assert row["trials"] == 3 and row["worst_ms"] >= row["median_trial_ms"] > 0
+        assert row["mean_executions"] >= 2  # the pieces did not merge (> max_batch_size)
+        assert 0 <= row["stalls"] <= 3
+
+
+@pytest.mark.slow
+def test_plan_validation_quick_runs_end_to_end(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "offload_perf.validate_plan", "--quick",
+                             "--output", str(tmp_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "plan_validation.json").read_text())
+    assert [r["workers"] for r in record["gridsim"]["rows"]] == [1, 2]
+    assert record["workload"]["events_per_second_per_job"] > 0
+    assert record["prediction"]["jobs_per_replica_at_saturation"] > 0
+    assert record["machine"]["cpu"]
+    for model in ("jet_tagger", "jet_energy_regression"):
+        sweep = json.loads((tmp_path / "sweeps" / f"{model}.json").read_text())
+        assert sweep["machine"]["cores"]
+        assert all(p["batch"] == 2 and p["server_executions_per_request"] > 0
+                   for p in sweep["points"])
+    assert "predicted jobs per server" in result.stdout
+
+
+def test_gpu_run_quick_mode_runs_here_and_notes_what_it_skips(tmp_path):
+    """The prepared GPU run (perf/gpu_run.sh) in its QUICK mode; without a GPU every GPU part
+    is skipped with a note and the rest still runs and writes its files."""
+    import shutil as _shutil
+
+    result = subprocess.run([str(ROOT / "perf" / "gpu_run.sh"), "--quick", "--output",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**__import__("os").environ,
+                                              "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    environment = json.loads((tmp_path / "environment.json").read_text())
+    assert summary["quick"] is True and summary["elapsed_s"] < 300
+    torch_step = summary["steps"]["baseline torch"]["result"]
+    devices = {row["device"] for row in torch_step["timings"]}
+    assert "cpu" in devices and all(row["rows_per_s"] > 0 for row in torch_step["timings"])
+    server = summary["steps"]["server"]["result"]
+    assert server["sweeps"]["calo_shower_generator"]
+    assert server["overlap"] and server["overlap"][0]["trials"] == 2
+    assert server["served_vs_in_process_cpu"]["showers"] == 256
+    assert (tmp_path / "sweeps" / "calo_shower_generator.json").is_file()
+    assert (tmp_path / "tritonserver.log").stat().st_size > 0
+    assert "# GPU run" in (tmp_path / "summary.md").read_text()
+    if not environment["gpu"]:
+        assert any("no CUDA device visible to torch" in n for n in summary["notes"])
+        assert server["config_variant"] is None and devices == {"cpu"}
+        if _shutil.which("nvidia-smi") is None:
+            assert any("the CPU configs (config.pbtxt)" in n for n in summary["notes"])
+    else:  # on a GPU machine the same test checks the GPU path
+        assert "cuda:0" in devices
+        assert torch_step["agreement_cpu_vs_gpu"]["showers"] == 256

@@ -26,6 +26,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
               "run the jet models over PFNano ROOT files, into friend trees (--workers: Dask)"),
     "gridsim": ("offload_perf.gridsim", "",
                 "grid-job simulator: K event-loop workers, inference in-process vs offloaded"),
+    "plan": ("offload_perf.plan", "",
+             "capacity planner: replicas, jobs and bandwidth per replica, KEDA threshold, "
+             "from `offload perf` sweeps"),
     "serve": ("offload_server.serve_cli", "server",
               "start a real Triton server on this machine with a model repository"),
     "repo": ("offload_server.repo_check", "server",

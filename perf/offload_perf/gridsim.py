@@ -77,7 +77,7 @@ OFFLOADED = ("offloaded", "offloaded_batched")
 #: In-process: one intra-op and one inter-op thread per model and worker, in the parameter
 #: names each CPU runner reads (those of Triton's native backends).
 ONE_THREAD = {"intra_op_thread_count": "1", "inter_op_thread_count": "1",
-              "TF_INTRA_OP_PARALLELISM": "1", "TF_INTER_OP_PARALLELISM": "1",
+              "TF_NUM_INTRA_THREADS": "1", "TF_NUM_INTER_THREADS": "1",
               "INTRA_OP_THREAD_COUNT": "1", "INTER_OP_THREAD_COUNT": "1"}
 #: Thread pools of libraries the workers may pull in, pinned to one thread like a grid slot.
 WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",

@@ -1,6 +1,6 @@
 """`make perf`: every measurement of perf/ on the embedded server, in one bounded run.
 
-    python -m offload_perf.run_all            # sweeps, as-a-service, dynamic batching
+    python -m offload_perf.run_all            # sweeps, as-a-service, dynamic batching, overlap
     python -m offload_perf.run_all --quick    # the same with tiny windows (smoke run)
 
 Results go to perf/results/ (or --output); perf/RESULTS.md records the full run's figures
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from offload_perf import batching, service, sweep
+from offload_perf import batching, overlap, service, sweep
 from offload_perf.options import RESULTS, models_of
 
 
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {tool.__name__}", flush=True)
         failures += tool.main(["--repository", str(args.repository), "--output",
                                str(args.output), *common]) != 0
+    print("== offload_perf.overlap", flush=True)  # worst case of overlapping requests
+    failures += overlap.main(["--repository", str(args.repository), "--output",
+                              str(args.output), "--trials", "3" if args.quick else "30"]) != 0
     print(f"== done; {failures} step(s) reported unstable points" if failures else "== done")
     return 1 if failures else 0
 

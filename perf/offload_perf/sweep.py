@@ -26,6 +26,7 @@ import numpy as np
 
 import offload
 from offload.endpoints import SERVERS_VARIABLE
+from offload_perf.options import machine
 
 #: perf_analyzer's column names where the meaning is the same (times in µs), then ours:
 #: Batch, Client+Network (round trip minus the server's share), Stable, Windows.
@@ -52,6 +53,9 @@ class Point:
     client_us: float  # round trip minus the server's share: client, gRPC, network
     stable: bool
     windows: int
+    # Model executions per request (Triton's statistics): below 1 when the dynamic batcher
+    # merged requests. None in files written before it was recorded.
+    server_executions_per_request: float | None = None
 
 
 class UnstableError(offload.OffloadError):
@@ -145,11 +149,11 @@ def _window(model: offload.Model, inputs: dict[str, np.ndarray], concurrency: in
 def _server(model: offload.Model) -> tuple:
     rows = model.server_stats()
     if not rows:
-        return (0, 0.0, 0.0, 0.0, 0.0)
+        return (0, 0.0, 0.0, 0.0, 0.0, 0)
     row = rows[0]
     n = row.requests
     return (n, row.queue_us * n, row.compute_input_us * n, row.compute_infer_us * n,
-            row.compute_output_us * n)
+            row.compute_output_us * n, row.executions)
 
 
 def _per_request(before: tuple, after: tuple) -> tuple:
@@ -160,10 +164,12 @@ def _per_request(before: tuple, after: tuple) -> tuple:
 def _point(concurrency: int, batch: int, rates: list[float], last: tuple, stable: bool,
            windows: int) -> Point:
     latencies, server = last
+    times, executions = server[:4], server[4]
     us = np.array(latencies) * 1e6 if latencies else np.array([np.nan])
     p50, p90, p95, p99 = np.percentile(us, [50, 90, 95, 99])
     return Point(concurrency, batch, float(np.mean(rates)), p50, p90, p95, p99,
-                 float(us.mean()), *server, float(us.mean() - sum(server)), stable, windows)
+                 float(us.mean()), *times, float(us.mean() - sum(times)), stable, windows,
+                 executions)
 
 
 def write_csv(points: list[Point], path: Path) -> None:
@@ -272,7 +278,9 @@ def run(args: argparse.Namespace) -> int:
                 record = {"model": args.model, "servers": servers, "settings": {
                     "window": args.window, "stability": args.stability,
                     "max_trials": args.max_trials},
-                    "client_machine": platform.node(), "points": [asdict(p) for p in points]}
+                    "client_machine": platform.node(), "machine": machine(),
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "points": [asdict(p) for p in points]}
                 stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
                 drawn = plot(points, args.model, stem.with_suffix(".png"))
                 print(f"wrote {stem}.csv, .json" + (", .png" if drawn else ""),

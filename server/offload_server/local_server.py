@@ -130,8 +130,15 @@ class LocalServer:
         shared_memory_sweep: float = 10.0,
         on_status: Callable[[str], None] | None = None,
         on_log_line: Callable[[str], None] | None = None,
+        model_config_name: str | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
+        # Triton's --model-config-name: each model's configs/<name>.pbtxt instead of its
+        # config.pbtxt (models without that file keep config.pbtxt).
+        if model_config_name is not None and not CONFIG_NAME_PATTERN.fullmatch(model_config_name):
+            raise ValueError(f"model_config_name must be a file name without its .pbtxt "
+                             f"(letters, digits, '.', '_', '-'), got {model_config_name!r}")
+        self.model_config_name = model_config_name
         self.models_requested = list(models) if models is not None else None
         mode = model_control_mode or ("explicit" if models is not None else "none")
         if mode not in CONTROL_MODES:
@@ -400,6 +407,8 @@ class LocalServer:
         if not self.auto_complete_config:
             args.append("--disable-auto-complete-config")
         args += [f"--load-model={name}" for name in self.models_requested or ()]
+        if self.model_config_name:
+            args.append(f"--model-config-name={self.model_config_name}")
         return args + self.extra_args
 
     def _check_ports(self) -> None:
@@ -524,9 +533,9 @@ class LocalServer:
         # the model; its "failed to load" line alone says it all.
         failures = [line for line in errors if _LOAD_FAILED_LINE.search(line)]
         shown = [_readable(line) for line in failures or errors] or self.log_tail(20)
-        hint = ""
+        hint = _no_gpu_hint(errors, self.model_config_name)
         if self._failed:
-            hint = (f"\nfailed to load: {', '.join(sorted(self._failed))}; check them with "
+            hint += (f"\nfailed to load: {', '.join(sorted(self._failed))}; check them with "
                     f"`offload repo check {self.repository}`")
         return f"{headline}. Triton said:\n  " + "\n  ".join(shown) + hint
 
@@ -551,6 +560,20 @@ class LocalServer:
             raise ServerStartError(f"tritonserver answered {status} to {method} {path}: "
                                    f"{body[:200]!r}")
         return json.loads(body)
+
+
+CONFIG_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_NO_GPU = "but no GPUs are available"
+
+
+def _no_gpu_hint(errors: list[str], config_name: str | None) -> str:
+    """Triton refuses KIND_GPU instances where it sees no GPU, before any backend runs."""
+    if not any(_NO_GPU in line for line in errors):
+        return ""
+    variant = f"configs/{config_name}.pbtxt" if config_name else "the config"
+    return (f"\nTriton sees no GPU on this machine and {variant} asks for KIND_GPU instances; "
+            "serve the CPU configs (without --model-config-name) or use a machine with an "
+            "NVIDIA GPU and driver")
 
 
 def _readable(line: str) -> str:

@@ -99,6 +99,28 @@ class ModelSpec:
                     ) from None
         return None
 
+    def bool_parameter(self, name: str, default: bool = False) -> bool:
+        """A boolean parameter as the native backends parse it (true/on/1, false/off/0)."""
+        from offload_server.backends.parameters import parse_bool
+
+        if name not in self.parameters:
+            return default
+        value = parse_bool(self.parameters[name])
+        if value is None:
+            raise ModelRepositoryError(
+                f"model '{self.name}': parameter {name} must be true/on/1 or false/off/0 "
+                f"(as Triton's native backends parse it), got {self.parameters[name]!r}")
+        return value
+
+    def thread_parameter(self, name: str) -> int | None:
+        """A thread count: an integer >= 0 (0: the framework's default), or None if unset."""
+        value = self.int_parameter(name)
+        if value is not None and value < 0:
+            raise ModelRepositoryError(
+                f"model '{self.name}': parameter {name} must be >= 0 (0: the framework's "
+                f"default), got {value}")
+        return value
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelSpec:
         """From Triton's JSON form of the config (what a Python backend receives) or from
@@ -137,10 +159,32 @@ class ModelSpec:
         )
 
 
-def read_config(model_dir: Path):  # -> model_config_pb2.ModelConfig
-    """Parse `config.pbtxt` with Triton's protobuf; errors carry line and column."""
-    path = model_dir / "config.pbtxt"
+#: Where Triton (2.51+, `--model-config-name NAME`) looks for a model's config variants.
+VARIANTS_FOLDER = "configs"
+
+
+def config_path(model_dir: Path, variant: str | None = None) -> Path:
+    """`config.pbtxt`, or the variant `configs/<variant>.pbtxt` that
+    `tritonserver --model-config-name <variant>` loads instead."""
+    if variant is None:
+        return Path(model_dir) / "config.pbtxt"
+    return Path(model_dir) / VARIANTS_FOLDER / f"{variant}.pbtxt"
+
+
+def config_variants(model_dir: Path) -> list[str]:
+    """The names of a model's config variants (`configs/*.pbtxt`), sorted."""
+    folder = Path(model_dir) / VARIANTS_FOLDER
+    return sorted(p.stem for p in folder.glob("*.pbtxt")) if folder.is_dir() else []
+
+
+def read_config(model_dir: Path, variant: str | None = None):  # -> model_config_pb2.ModelConfig
+    """Parse `config.pbtxt` (or a variant) with Triton's protobuf; errors carry line and
+    column."""
+    path = config_path(model_dir, variant)
     if not path.is_file():
+        if variant is not None:
+            raise ModelRepositoryError(f"{path} is missing: model '{Path(model_dir).name}' has "
+                                       f"no config variant '{variant}'")
         raise ModelRepositoryError(f"{path} is missing; with auto-complete off (the default) "
                                    "every model needs a complete config.pbtxt")
     from google.protobuf import text_format
@@ -163,9 +207,9 @@ def spec_from_proto(config, folder_name: str) -> ModelSpec:
     return ModelSpec.from_config(as_dict)
 
 
-def spec_from_folder(model_dir: Path) -> ModelSpec:
-    """The spec of a model folder's `config.pbtxt`."""
-    return spec_from_proto(read_config(model_dir), model_dir.name)
+def spec_from_folder(model_dir: Path, variant: str | None = None) -> ModelSpec:
+    """The spec of a model folder's `config.pbtxt`, or of its config variant."""
+    return spec_from_proto(read_config(model_dir, variant), Path(model_dir).name)
 
 
 def shapes_compatible(declared: tuple[int, ...], found: tuple[int, ...]) -> bool:

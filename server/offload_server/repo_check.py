@@ -1,7 +1,9 @@
 """`offload repo check`: a model-repository linter with precise messages.
 
-Parses every `config.pbtxt` with Triton's own protobuf, checks it the way Triton will, and
-loads each artifact with the same code the CPU backends use to compare it with the config.
+Parses every `config.pbtxt`, and every config variant `configs/<name>.pbtxt` (what
+`tritonserver --model-config-name <name>` loads instead), with Triton's own protobuf, checks
+each the way Triton will, and loads each artifact with the same code the CPU backends use to
+compare it with each config. A variant must keep config.pbtxt's backend, inputs and outputs.
 Triton's own load errors are terse; these say which model, which tensor, what was expected
 and what was found.
 """
@@ -17,8 +19,15 @@ from tritonclient.grpc import model_config_pb2
 
 from offload.errors import ModelRepositoryError, OffloadError
 from offload_server.backends import LOADERS
+from offload_server.backends import parameters as backend_parameters
 from offload_server.backends.triton_model import load_checked
-from offload_server.model_spec import DEFAULT_ARTIFACT, read_config, spec_from_proto
+from offload_server.model_spec import (
+    DEFAULT_ARTIFACT,
+    VARIANTS_FOLDER,
+    config_variants,
+    read_config,
+    spec_from_proto,
+)
 
 # Triton's legacy `platform` names for the backends the project serves.
 PLATFORMS = {
@@ -34,6 +43,7 @@ class ModelReport:
     name: str
     backend: str = "?"
     versions: list[str] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)  # configs/<name>.pbtxt
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -66,54 +76,126 @@ def check_repository(path: str | Path, *, load_artifacts: bool = True) -> Reposi
 
 
 def check_model(model_dir: Path, *, load_artifacts: bool = True) -> ModelReport:
+    """config.pbtxt and every config variant (`configs/<name>.pbtxt`, what
+    `tritonserver --model-config-name <name>` loads instead), each against the artifact."""
     report = ModelReport(model_dir.name)
     try:
         config = read_config(model_dir)
     except OffloadError as error:
         report.errors.append(str(error))
         return report
-    where = f"model '{model_dir.name}'"
-    if config.name and config.name != model_dir.name:
-        report.errors.append(f"{where}: config.pbtxt says name \"{config.name}\"; it must match "
-                             f"the folder name \"{model_dir.name}\"")
+    report.variants = config_variants(model_dir)
     backend = config.backend or PLATFORMS.get(config.platform, "")
     report.backend = backend or "?"
-    if not backend:
-        report.errors.append(f"{where}: config.pbtxt sets no backend; add e.g. "
-                             f"backend: \"onnxruntime\" (known: {', '.join(KNOWN_BACKENDS)})")
-    elif backend not in KNOWN_BACKENDS:
-        report.errors.append(f"{where}: unknown backend \"{backend}\"; this server has "
-                             f"{', '.join(KNOWN_BACKENDS)}")
-    report.errors += _structure_problems(where, config)
-    report.warnings += _placement_warnings(where, config)
     report.versions = sorted((p.name for p in model_dir.iterdir()
                               if p.is_dir() and p.name.isdigit()), key=int)
-    others = [p.name for p in model_dir.iterdir()
-              if p.is_dir() and not p.name.isdigit() and not p.name.startswith(".")]
+    where = f"model '{model_dir.name}'"
+    others = [p.name for p in model_dir.iterdir() if p.is_dir() and not p.name.isdigit()
+              and not p.name.startswith(".") and p.name != VARIANTS_FOLDER]
     if others:
         report.warnings.append(f"{where}: Triton ignores non-numeric folders: {', '.join(others)}")
     if not report.versions:
         report.errors.append(f"{where}: no version folder; put the artifact in "
                              f"{model_dir.name}/1/{DEFAULT_ARTIFACT.get(backend, '...')}")
-    if report.errors or backend not in LOADERS or not load_artifacts:
-        if backend == "python":
+    _check_config(report, model_dir, config, None, None, load_artifacts)
+    for variant in report.variants:
+        try:
+            variant_config = read_config(model_dir, variant)
+        except OffloadError as error:
+            report.errors.append(str(error))
+            continue
+        _check_config(report, model_dir, variant_config, variant, config, load_artifacts)
+    return report
+
+
+def _check_config(report: ModelReport, model_dir: Path, config: model_config_pb2.ModelConfig,
+                  variant: str | None, default: model_config_pb2.ModelConfig | None,
+                  load_artifacts: bool) -> None:
+    """One config (`variant` None: config.pbtxt) into `report`."""
+    file = "config.pbtxt" if variant is None else f"{VARIANTS_FOLDER}/{variant}.pbtxt"
+    where = f"model '{model_dir.name}'" + ("" if variant is None else f" ({file})")
+    errors: list[str] = []
+    if config.name and config.name != model_dir.name:
+        errors.append(f"{where}: {file} says name \"{config.name}\"; it must match the "
+                      f"folder name \"{model_dir.name}\"")
+    backend = config.backend or PLATFORMS.get(config.platform, "")
+    if not backend:
+        errors.append(f"{where}: {file} sets no backend; add e.g. backend: \"onnxruntime\" "
+                      f"(known: {', '.join(KNOWN_BACKENDS)})")
+    elif backend not in KNOWN_BACKENDS:
+        errors.append(f"{where}: unknown backend \"{backend}\"; this server has "
+                      f"{', '.join(KNOWN_BACKENDS)}")
+    errors += _structure_problems(where, config)
+    if default is not None:
+        errors += _variant_problems(where, config, default)
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    parameter_errors, parameter_warnings = backend_parameters.problems(backend, parameters)
+    errors += [f"{where}: {problem}" for problem in parameter_errors]
+    report.warnings += [f"{where}: {problem}" for problem in parameter_warnings]
+    report.warnings += _stall_warnings(where, config)
+    if variant is None:
+        report.warnings += _placement_warnings(where, config)
+    report.errors += errors
+    if errors or report.errors or backend not in LOADERS or not load_artifacts:
+        if backend == "python" and variant is None:
             report.errors += [f"{where}: version {v} has no model.py" for v in report.versions
                               if not (model_dir / v / "model.py").is_file()]
-        return report
+        return
     try:
         spec = spec_from_proto(config, model_dir.name)
     except OffloadError as error:
-        report.errors.append(str(error))
-        return report
+        report.errors.append(f"{error}" + ("" if variant is None else f" ({file})"))
+        return
     spec = dataclasses.replace(spec, backend=backend)  # platform-only configs name no backend
+    label = "" if variant is None else f", {file}"
     for version in report.versions:
         try:
             load_checked(model_dir, version, spec)
         except ModelRepositoryError as error:
-            report.errors += [f"{p} (version {version})" for p in error.problems]
+            report.errors += [f"{p} (version {version}{label})" for p in error.problems]
         except OffloadError as error:
-            report.errors.append(f"{error} (version {version})")
-    return report
+            report.errors.append(f"{error} (version {version}{label})")
+
+
+def _variant_problems(where: str, config: model_config_pb2.ModelConfig,
+                      default: model_config_pb2.ModelConfig) -> list[str]:
+    """A variant serves the same artifact to the same clients: backend, inputs and outputs
+    as in config.pbtxt (batch size, instances, batching and parameters may differ)."""
+    problems = []
+    if (config.backend, config.platform) != (default.backend, default.platform):
+        problems.append(f"{where}: backend \"{config.backend or config.platform}\" differs from "
+                        f"config.pbtxt's \"{default.backend or default.platform}\"; a variant "
+                        "serves the same artifact")
+    for kind, mine, theirs in (("input", config.input, default.input),
+                               ("output", config.output, default.output)):
+        ours, base = _tensors(mine), _tensors(theirs)
+        if ours != base:
+            problems.append(f"{where}: its {kind}s ({'; '.join(ours)}) differ from "
+                            f"config.pbtxt's ({'; '.join(base)}); clients must see one "
+                            "interface on every target")
+    if (config.max_batch_size > 0) != (default.max_batch_size > 0):
+        problems.append(f"{where}: max_batch_size {config.max_batch_size} and config.pbtxt's "
+                        f"{default.max_batch_size} disagree on whether the model batches")
+    return problems
+
+
+def _tensors(tensors) -> list[str]:
+    return [f"{t.name} {model_config_pb2.DataType.Name(t.data_type)}{list(t.dims)}"
+            for t in tensors]
+
+
+def _stall_warnings(where: str, config: model_config_pb2.ModelConfig) -> list[str]:
+    """A queue policy disables Triton's prefetching; with one instance the dynamic batcher
+    can then sleep 500 ms with work queued (README, "CPU backends")."""
+    batching = config.dynamic_batching
+    if not config.HasField("dynamic_batching") or not batching.HasField("default_queue_policy"):
+        return []
+    instances = sum(g.count or 1 for g in config.instance_group) or 1
+    if instances >= 2:
+        return []
+    return [f"{where}: a queue policy with a single instance: Triton 2.51's dynamic batcher "
+            "can then hold a request ~500 ms while the instance is idle; use "
+            "instance_group [ { count: 2 } ] or more"]
 
 
 def _structure_problems(where: str, config: model_config_pb2.ModelConfig) -> list[str]:
@@ -129,6 +211,7 @@ def _structure_problems(where: str, config: model_config_pb2.ModelConfig) -> lis
         if too_big and config.max_batch_size > 0:
             problems.append(f"{where}: preferred_batch_size {too_big} exceeds max_batch_size "
                             f"{config.max_batch_size}")
+    problems += _warmup_problems(where, config)
     for kind, tensors in (("input", config.input), ("output", config.output)):
         if not tensors:
             problems.append(f"{where}: config.pbtxt declares no {kind}")
@@ -149,6 +232,36 @@ def _structure_problems(where: str, config: model_config_pb2.ModelConfig) -> lis
     return problems
 
 
+def _warmup_problems(where: str, config: model_config_pb2.ModelConfig) -> list[str]:
+    """Triton runs `model_warmup` at load and refuses the model if a sample does not fit."""
+    problems = []
+    inputs = {t.name: t for t in config.input}
+    for warmup in config.model_warmup:
+        label = f"{where}: model_warmup '{warmup.name}'"
+        if config.max_batch_size > 0 and not 1 <= warmup.batch_size <= config.max_batch_size:
+            problems.append(f"{label}: batch_size {warmup.batch_size} is outside 1.."
+                            f"{config.max_batch_size} (max_batch_size)")
+        missing = sorted(set(inputs) - set(warmup.inputs))
+        if missing:
+            problems.append(f"{label} lacks input(s) {', '.join(missing)}")
+        for name, sample in warmup.inputs.items():
+            declared = inputs.get(name)
+            if declared is None:
+                problems.append(f"{label}: '{name}' is not an input (inputs: "
+                                f"{', '.join(inputs)})")
+                continue
+            if sample.data_type != declared.data_type:
+                problems.append(f"{label}: '{name}' is "
+                                f"{model_config_pb2.DataType.Name(sample.data_type)}, the input "
+                                f"{model_config_pb2.DataType.Name(declared.data_type)}")
+            fixed = list(declared.dims)
+            if len(sample.dims) != len(fixed) or any(
+                    d != s for d, s in zip(fixed, sample.dims, strict=False) if d >= 0):
+                problems.append(f"{label}: '{name}' has dims {list(sample.dims)}, the input "
+                                f"{fixed}")
+    return problems
+
+
 def _placement_warnings(where: str, config: model_config_pb2.ModelConfig) -> list[str]:
     gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
     if any(group.kind == gpu for group in config.instance_group):
@@ -163,7 +276,8 @@ def print_report(report: RepositoryReport) -> None:
     for model in report.models:
         versions = ",".join(model.versions) or "-"
         status = "ok" if model.ok else f"{len(model.errors)} error(s)"
-        print(f"{model.name} ({model.backend}, versions {versions}): {status}")
+        variants = f", variants {','.join(model.variants)}" if model.variants else ""
+        print(f"{model.name} ({model.backend}, versions {versions}{variants}): {status}")
         for error in model.errors:
             print(f"  ERROR {error}")
         for warning in model.warnings:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from offload_server.local_server import (
+    CONFIG_NAME_PATTERN,
     CONTROL_MODES,
     DEFAULT_MAX_REQUEST_BYTES,
     LocalServer,
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Triton's verbose log level")
     parser.add_argument("--auto-complete-config", action="store_true",
                         help="let Triton complete configs (off by default: configs must be whole)")
+    parser.add_argument("--model-config-name", metavar="NAME", type=_config_name,
+                        help="serve each model's configs/NAME.pbtxt instead of its "
+                             "config.pbtxt, where it has one (e.g. gpu)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, metavar="SECONDS")
     parser.add_argument("--exit-timeout", type=int, default=5, metavar="SECONDS",
                         help="how long Triton may drain in-flight requests when stopping")
@@ -114,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 exit_timeout=args.exit_timeout, startup_timeout=args.startup_timeout,
                 extra_args=passthrough, on_log_line=echo, token=token, tls=tls,
                 max_request_bytes=args.max_request_size, on_status=status.update,
+                model_config_name=args.model_config_name,
             ).start()
         except ValueError as error:  # arguments LocalServer refuses (pass-through flags)
             console.print(f"[bold red]error:[/] {error}")
@@ -184,6 +189,13 @@ def _size(text: str) -> int:
             f"{text!r} is not a size: a positive number of bytes, optionally with a unit "
             "(KB, MB, GB, KiB, MiB, GiB)")
     return int(match.group(1)) * units[match.group(2).lower()]
+
+
+def _config_name(value: str) -> str:
+    if not CONFIG_NAME_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: a config name is a file name under "
+                                         "configs/ without .pbtxt, e.g. gpu")
+    return value
 
 
 def _protection(args: argparse.Namespace) -> tuple[str | None, ServerTLS | None]:

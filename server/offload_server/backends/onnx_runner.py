@@ -34,14 +34,7 @@ class OnnxRunner:
     def __init__(self, artifact: Path, spec: ModelSpec) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        # The native backend's parameter names (config.pbtxt `parameters`).
-        intra = spec.int_parameter("intra_op_thread_count")
-        inter = spec.int_parameter("inter_op_thread_count")
-        if intra is not None:
-            options.intra_op_num_threads = intra
-        if inter is not None:
-            options.inter_op_num_threads = inter
+        options = session_options(spec)
         try:
             self.session = ort.InferenceSession(str(artifact), options,
                                                  providers=["CPUExecutionProvider"])
@@ -60,6 +53,33 @@ class OnnxRunner:
         return dict(zip(self._output_names, values, strict=True))
 
 
+def session_options(spec: ModelSpec):
+    """ONNX Runtime session options from the native backend's parameters (same names, same
+    meaning: 0 or unset leaves ORT's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    intra = spec.thread_parameter("intra_op_thread_count")
+    inter = spec.thread_parameter("inter_op_thread_count")
+    if intra:
+        options.intra_op_num_threads = intra
+    if inter:
+        options.inter_op_num_threads = inter
+    mode = spec.int_parameter("execution_mode")
+    if mode not in (None, 0, 1):
+        raise ModelRepositoryError(
+            f"model '{spec.name}': parameter execution_mode must be 0 (sequential) or 1 "
+            f"(parallel), got {mode}")
+    if mode is not None:
+        options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == 1
+                                  else ort.ExecutionMode.ORT_SEQUENTIAL)
+    if "enable_mem_arena" in spec.parameters:
+        options.enable_cpu_mem_arena = spec.bool_parameter("enable_mem_arena")
+    if "enable_mem_pattern" in spec.parameters:
+        options.enable_mem_pattern = spec.bool_parameter("enable_mem_pattern")
+    return options
+
+
 def _tensor(arg) -> ArtifactTensor:
     shape = None
     if arg.shape is not None:
@@ -67,5 +87,8 @@ def _tensor(arg) -> ArtifactTensor:
     return ArtifactTensor(arg.name, _ONNX_TO_NUMPY.get(arg.type, arg.type), shape)
 
 
-def load(artifact: Path, spec: ModelSpec) -> OnnxRunner:
+def load(artifact: Path, spec: ModelSpec, device: str = "cpu") -> OnnxRunner:
+    if device != "cpu":  # placement.choose never asks; a clear error if a caller does
+        raise ModelRepositoryError(f"model '{spec.name}': the CPU {spec.backend} backend "
+                                   f"computes on the CPU only, not on {device}")
     return OnnxRunner(artifact, spec)

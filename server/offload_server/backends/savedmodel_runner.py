@@ -20,10 +20,10 @@ class SavedModelRunner:
     def __init__(self, artifact: Path, spec: ModelSpec) -> None:
         import tensorflow as tf
 
-        intra = spec.int_parameter("TF_INTRA_OP_PARALLELISM")
-        inter = spec.int_parameter("TF_INTER_OP_PARALLELISM")
+        intra, inter = thread_counts(spec)
+        spec.bool_parameter("TF_USE_PER_SESSION_THREADS")  # checked; see parameters.py
         # Threads are per process (one process per instance), settable only before
-        # TensorFlow's first use, which in a backend stub this is.
+        # TensorFlow's first use, which in a backend stub this is. 0 leaves TF's default.
         try:
             if intra is not None:
                 tf.config.threading.set_intra_op_parallelism_threads(intra)
@@ -34,8 +34,9 @@ class SavedModelRunner:
                         "thread parameters not applied: %s", spec.name, error)
         self._tf = tf
         signature_name = spec.parameters.get("TF_SIGNATURE_DEF") or DEFAULT_SIGNATURE
+        tag = spec.parameters.get("TF_GRAPH_TAG")
         try:
-            self._loaded = tf.saved_model.load(str(artifact))
+            self._loaded = tf.saved_model.load(str(artifact), tags=[tag] if tag else None)
         except Exception as error:
             raise ModelRepositoryError(
                 f"model '{spec.name}': tensorflow cannot load the SavedModel at {artifact} "
@@ -63,6 +64,21 @@ class SavedModelRunner:
         return {name: result[name].numpy() for name in self._output_names}
 
 
+def thread_counts(spec: ModelSpec) -> tuple[int | None, int | None]:
+    """(intra, inter) from the native names TF_NUM_INTRA_THREADS / TF_NUM_INTER_THREADS, or
+    from offload's old names (deprecated: the native backend ignores them)."""
+    counts = []
+    for native, old in (("TF_NUM_INTRA_THREADS", "TF_INTRA_OP_PARALLELISM"),
+                        ("TF_NUM_INTER_THREADS", "TF_INTER_OP_PARALLELISM")):
+        value = spec.thread_parameter(native)
+        if value is None and old in spec.parameters:
+            log.warning("model '%s': parameter %s is deprecated and ignored by Triton's "
+                        "native TensorFlow backend; use %s", spec.name, old, native)
+            value = spec.thread_parameter(old)
+        counts.append(value)
+    return counts[0], counts[1]
+
+
 def _tensor(name: str, spec) -> ArtifactTensor:
     shape = None
     if spec.shape.rank is not None:
@@ -70,5 +86,8 @@ def _tensor(name: str, spec) -> ArtifactTensor:
     return ArtifactTensor(name, np.dtype(spec.dtype.as_numpy_dtype).name, shape)
 
 
-def load(artifact: Path, spec: ModelSpec) -> SavedModelRunner:
+def load(artifact: Path, spec: ModelSpec, device: str = "cpu") -> SavedModelRunner:
+    if device != "cpu":  # placement.choose never asks; a clear error if a caller does
+        raise ModelRepositoryError(f"model '{spec.name}': the CPU {spec.backend} backend "
+                                   f"computes on the CPU only, not on {device}")
     return SavedModelRunner(artifact, spec)

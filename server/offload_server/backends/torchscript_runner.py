@@ -1,4 +1,5 @@
-"""TorchScript on the CPU, with the native pytorch backend's naming conventions.
+"""TorchScript, with the native pytorch backend's naming conventions and parameters, on the
+CPU or, for a KIND_GPU instance with a CUDA build of torch, on that GPU (`placement`).
 
 Inputs named `<anything>__<index>` are passed by position; otherwise config names must be
 `forward()` argument names. Outputs named `<anything>__<index>` pick that element of the
@@ -31,24 +32,35 @@ def _indices(names: list[str]) -> list[int] | None:
 
 
 class TorchScriptRunner:
-    def __init__(self, artifact: Path, spec: ModelSpec) -> None:
+    def __init__(self, artifact: Path, spec: ModelSpec, device: str = "cpu") -> None:
         import torch
 
         self._torch = torch
+        self.device = torch.device(device)
         # Native backend parameter names; threads are per process, i.e. per instance.
-        intra = spec.int_parameter("INTRA_OP_THREAD_COUNT")
-        inter = spec.int_parameter("INTER_OP_THREAD_COUNT")
-        if intra is not None and intra > 0:
+        intra = spec.thread_parameter("INTRA_OP_THREAD_COUNT")
+        inter = spec.thread_parameter("INTER_OP_THREAD_COUNT")
+        if intra:
             torch.set_num_threads(intra)
-        if inter is not None and inter > 0:
+        if inter:
             # Settable once per process, before any inter-op work: true in a fresh stub.
             try:
                 torch.set_num_interop_threads(inter)
             except RuntimeError as error:
                 log.warning("model '%s': INTER_OP_THREAD_COUNT not applied: %s",
                             spec.name, error)
+        # As the native backend: InferenceMode unless INFERENCE_MODE is false (then no_grad).
+        self._inference_mode = spec.bool_parameter("INFERENCE_MODE", default=True)
+        self._optimized = not spec.bool_parameter("DISABLE_OPTIMIZED_EXECUTION")
+        if spec.bool_parameter("DISABLE_CUDNN"):
+            torch.backends.cudnn.enabled = False
+        self._clean_cache = (spec.bool_parameter("ENABLE_CACHE_CLEANING")
+                             and self.device.type == "cuda")
+        for accepted in ("ENABLE_WEIGHT_SHARING", "ENABLE_JIT_EXECUTOR", "ENABLE_JIT_PROFILING",
+                         "ENABLE_TENSOR_FUSER"):
+            spec.bool_parameter(accepted)  # checked as the native backend would; no effect
         try:
-            self._module = torch.jit.load(str(artifact), map_location="cpu").eval()
+            self._module = torch.jit.load(str(artifact), map_location=self.device).eval()
         except Exception as error:
             raise ModelRepositoryError(
                 f"model '{spec.name}': torch.jit.load cannot read {artifact} as TorchScript "
@@ -84,8 +96,10 @@ class TorchScriptRunner:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
-        arguments = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self._order]
-        with torch.inference_mode():
+        arguments = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device)
+                     for n in self._order]
+        grad_mode = torch.inference_mode() if self._inference_mode else torch.no_grad()
+        with grad_mode, torch.jit.optimized_execution(self._optimized):
             result = self._module(*arguments)
         if isinstance(result, torch.Tensor):
             result = (result,)
@@ -102,8 +116,10 @@ class TorchScriptRunner:
                     f"result, which has {len(result)} element(s)"
                 )
             outputs[name] = result[index].detach().cpu().numpy()
+        if self._clean_cache:
+            torch.cuda.empty_cache()
         return outputs
 
 
-def load(artifact: Path, spec: ModelSpec) -> TorchScriptRunner:
-    return TorchScriptRunner(artifact, spec)
+def load(artifact: Path, spec: ModelSpec, device: str = "cpu") -> TorchScriptRunner:
+    return TorchScriptRunner(artifact, spec, device)

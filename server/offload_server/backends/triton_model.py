@@ -19,17 +19,19 @@ from typing import Any
 import numpy as np
 
 from offload.errors import ModelRepositoryError
+from offload_server.backends import placement
 from offload_server.backends.runner import Runner, signature_problems
 from offload_server.model_spec import ModelSpec, TensorSpec, shapes_compatible
 
-Loader = Callable[[Path, ModelSpec], Runner]
+Loader = Callable[..., Runner]  # (artifact, spec[, device]) -> Runner
 log = logging.getLogger(__name__)
 
 
 def load_checked(model_dir: Path, version: str, spec: ModelSpec,
-                 loader: Loader | None = None) -> Runner:
+                 loader: Loader | None = None, device: str = "cpu") -> Runner:
     """Load a model's artifact and refuse it if it disagrees with its config.
-    Without `loader`, the one registered for the spec's backend."""
+    Without `loader`, the one registered for the spec's backend. `device` other than
+    "cpu" only for a backend that can use it (`placement.GPU_CAPABLE`)."""
     artifact = spec.artifact_path(model_dir, version)
     if not artifact.exists():
         folder = artifact.parent
@@ -48,12 +50,21 @@ def load_checked(model_dir: Path, version: str, spec: ModelSpec,
                 f"model '{spec.name}': no CPU backend named '{spec.backend}' "
                 f"(there are: {', '.join(LOADERS)})")
         loader = importlib.import_module(LOADERS[spec.backend]).load
-    runner = loader(artifact, spec)
+    runner = loader(artifact, spec) if device == "cpu" else loader(artifact, spec, device)
     problems = signature_problems(spec, runner.signature, artifact.name)
     if problems:
         raise ModelRepositoryError(
             "config.pbtxt and artifact disagree:\n  " + "\n  ".join(problems), problems)
     return runner
+
+
+def _triton_log(pb_utils: Any, level: str, message: str) -> None:
+    """A line in Triton's own log (W/I lines, shown by `offload serve`), else Python's."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        getattr(logger, f"log_{level}")(message)
+    else:
+        getattr(log, "warning" if level == "warn" else level)(message)
 
 
 class BatchingTritonModel:
@@ -68,7 +79,20 @@ class BatchingTritonModel:
         config = json.loads(args["model_config"])
         self.spec = ModelSpec.from_config(config)
         model_dir = Path(args["model_repository"])
-        self.runner = load_checked(model_dir, args["model_version"], self.spec, type(self).loader)
+        where = placement.choose(self.spec.name, self.spec.backend,
+                                 args.get("model_instance_kind", "CPU"),
+                                 int(args.get("model_instance_device_id", 0) or 0),
+                                 placement.cuda_devices(self.spec.backend)
+                                 if args.get("model_instance_kind") == "GPU" else 0)
+        if where.warning:
+            _triton_log(pb_utils, "warn", where.warning)
+        elif where.device != "cpu":
+            instance = args.get("model_instance_name", "")
+            _triton_log(pb_utils, "info",
+                        f"model '{self.spec.name}': instance {instance} on {where.device}")
+        self.device = where.device
+        self.runner = load_checked(model_dir, args["model_version"], self.spec,
+                                   type(self).loader, device=where.device)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self._pb

@@ -103,6 +103,9 @@ correction is as good as that detector is like yours. No pile-up. Jets far outsi
 `make models` or `make models QUICK=1`; metrics in `metrics.json` beside this card.
 """
     (model_dir / "model_card.md").write_text(text)
+    from offload_training.targets import write_variants
+
+    write_variants(model_dir)  # configs/<target>.pbtxt and the card's "Config variants"
 
 
 def _plots(model_dir: Path, metrics: dict, test: JetSample, correction: np.ndarray,

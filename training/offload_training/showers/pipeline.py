@@ -269,6 +269,9 @@ def _export_and_evaluate(repository: Path, sizes: Sizes, quick: bool, workers: i
     }
     write_json(model_dir / "metrics.json", record)
     (model_dir / "model_card.md").write_text(model_card(record, timings))
+    from offload_training.targets import write_variants
+
+    write_variants(model_dir)  # configs/<target>.pbtxt and the card's "Config variants"
     return record
 
 

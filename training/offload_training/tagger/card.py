@@ -93,6 +93,9 @@ difference {metrics['export']['onnx_vs_torch_max_abs']:.1e}.
 `metrics.json` beside this card.
 """
     (model_dir / "model_card.md").write_text(text)
+    from offload_training.targets import write_variants
+
+    write_variants(model_dir)  # configs/<target>.pbtxt and the card's "Config variants"
 
 
 def _plots(model_dir: Path, labels: np.ndarray, scores: np.ndarray, history: list[dict]) -> None:
