@@ -219,10 +219,12 @@ def test_model_config_name_is_a_plain_file_name():
     for bad in ("../gpu", "gpu/x", "", "gpu.pbtxt/"):
         with pytest.raises(ValueError, match="model_config_name must be a file name"):
             LocalServer(REPOSITORY, model_config_name=bad)
-    server = LocalServer(REPOSITORY, model_config_name="h100")
-    assert "--model-config-name=h100" in server._arguments(Path("/backends"))
-    assert not any(a.startswith("--model-config-name") for a in
-                   LocalServer(REPOSITORY)._arguments(Path("/backends")))
+    named, plain = LocalServer(REPOSITORY, model_config_name="h100"), LocalServer(REPOSITORY)
+    for server in (named, plain):
+        server._workdir = Path("/nonexistent-workdir")  # (arguments name its sockets)
+    assert "--model-config-name=h100" in named._arguments(Path("/backends"))
+    assert not any(a.startswith("--model-config-name")
+                   for a in plain._arguments(Path("/backends")))
 
 
 def test_offload_serve_refuses_a_bad_config_name():

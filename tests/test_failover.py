@@ -4,8 +4,6 @@ installed alone, in an environment of its own."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -44,7 +42,7 @@ def test_failover_when_one_of_two_servers_is_killed_mid_run(repo, reference):
         ledger: list[tuple[int, np.ndarray, object]] = []  # (index, input, future)
         for index in range(n_requests):
             if index == kill_after:
-                os.killpg(first.pid, signal.SIGKILL)  # no goodbye: a crashed node
+                first.kill()  # no goodbye: a crashed node
             x = np.full((1 + index % 4, tm.N_FEATURES), index / n_requests, np.float32)
             slots.acquire()
             future = model.submit(x=x)

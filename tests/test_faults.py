@@ -77,7 +77,7 @@ def test_kill_9_and_restart_on_the_same_port_loses_nothing(repo, reference):
     replacement: list[LocalServer] = []
 
     def crash_and_restart() -> None:
-        os.killpg(first.pid, signal.SIGKILL)  # no goodbye: a crashed node
+        first.kill()  # no goodbye: a crashed node
         first.stop()  # reaps it; nothing left to stop
         threading.Thread(target=lambda: replacement.append(
             LocalServer(repo, grpc_port=port).start()), daemon=True).start()

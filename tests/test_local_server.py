@@ -46,6 +46,42 @@ def test_start_and_stop_leave_nothing_behind(small_repo):
     server.stop()  # a second stop is harmless
 
 
+_OWNER = """
+import sys, time
+from offload_server import LocalServer
+server = LocalServer(sys.argv[1]).start()
+print(server.pid, server.front_pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_owner_leaves_no_server_behind(small_repo):
+    """A job that dies without stopping its server (kill -9) takes the server with it."""
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER, str(small_repo)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        triton_pid, front_pid = map(int, owner.stdout.readline().split())
+        assert group_alive(triton_pid)
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 30
+        while (group_alive(triton_pid) or _alive(front_pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not group_alive(triton_pid)
+        assert not _alive(front_pid)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_explicit_mode_loads_only_the_requested_models(small_repo):
     with LocalServer(small_repo, models=["mlp_b"]) as server:
         states = {m.name: m.state for m in server.models()}

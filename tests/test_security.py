@@ -413,7 +413,7 @@ def test_a_restarted_server_gets_the_regions_again_or_says_why_not(repo, referen
         with offload.Client(first.grpc_url, token=SECRET, shared_memory=True) as client:
             model = client.model("mlp")
             np.testing.assert_allclose(model.infer(x=x)["y"], reference(x)["y"], rtol=1e-5)
-            os.killpg(first.pid, signal.SIGKILL)
+            first.kill()
             first.stop()
             # Same port, same token: the client's region is registered anew.
             with LocalServer(repo, models=["mlp"], grpc_port=port, token=SECRET):

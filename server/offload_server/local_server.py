@@ -245,7 +245,7 @@ class LocalServer:
 
     @property
     def pid(self) -> int | None:
-        """tritonserver's pid (also the process group of the server and its front)."""
+        """tritonserver's pid (also the process group of Triton and its backend stubs)."""
         return self._process.pid if self._process else None
 
     @property
@@ -300,9 +300,11 @@ class LocalServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=environment,
-            # Its own process group, so that stop() reaches the Python-backend stubs and
-            # the front too; Ctrl-C in a terminal reaches only us, and we stop it.
-            preexec_fn=_child_setup(0, die_with_parent=main_thread),
+            # Its own session and process group, so that stop() reaches the Python-backend
+            # stubs too; Ctrl-C in a terminal reaches only us, and we stop it. No
+            # preexec_fn: Python code between fork and exec in a process that uses gRPC
+            # can abort the child in gRPC's fork handlers (seen here).
+            start_new_session=True,
         )
         _running.add(self)
         self._reader = threading.Thread(target=self._read_output, daemon=True,
@@ -337,7 +339,7 @@ class LocalServer:
             _running.discard(self)
         if self._front is not None:
             with contextlib.suppress(ProcessLookupError):
-                self._front.kill()
+                self._front.kill()  # (SIGTERM would make it stop Triton: done already)
             self._front.wait()
             if self._front.stdout is not None:
                 self._front.stdout.close()
@@ -345,6 +347,17 @@ class LocalServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
             self._log_file = None
+
+    def kill(self) -> None:
+        """SIGKILL every process of the server at once, as a crash of its node would (no
+        draining, no cleanup); stop() still cleans up after it."""
+        for pid, group in ((self.pid, True), (self.front_pid, False)):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+        for process in (self._process, self._front):
+            if process is not None:
+                process.wait()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until tritonserver exits; its exit code, or None on timeout."""
@@ -427,6 +440,10 @@ class LocalServer:
         config = {
             "upstream": {kind: str(self._socket(kind)) for kind in ("grpc", "http", "metrics")},
             "triton_pid": self._process.pid,
+            # Linux ties the parent-death signal to the thread that forks, and only the
+            # main thread lives as long as this process: only then does the front stop
+            # the server when we die, so that a crashed job never leaves a server behind.
+            "parent_pid": os.getpid() if main_thread else None,
             "token": self._token,
             "user_token": self._user_token,
             "max_request_bytes": self.max_request_bytes,
@@ -441,8 +458,7 @@ class LocalServer:
         }
         self._front = subprocess.Popen(
             [sys.executable, "-m", "offload_server.front"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=environment,
-            preexec_fn=_child_setup(self._process.pid, die_with_parent=main_thread))
+            stdout=subprocess.PIPE, env=environment, start_new_session=True)
         assert self._front.stdin is not None and self._front.stdout is not None
         self._front.stdin.write(json.dumps(config).encode() + b"\n")
         self._front.stdin.close()
@@ -619,25 +635,6 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
         self.sock.connect(self.unix_path)
-
-
-def _child_setup(process_group: int, *, die_with_parent: bool) -> Callable[[], None]:
-    """What a child does before exec: join `process_group` (0: a new one of its own) and,
-    when started from the main thread (Linux ties the parent-death signal to the thread
-    that forks, and only the main thread lives as long as this process), ask Linux to
-    SIGKILL it if we die first, so that a crashed test or job never leaves a server."""
-
-    def setup() -> None:
-        os.setpgid(0, process_group)
-        if die_with_parent and sys.platform.startswith("linux"):
-            import ctypes
-
-            pr_set_pdeathsig = 1
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig,
-                                                               signal.SIGKILL)
-
-    return setup
 
 
 @atexit.register

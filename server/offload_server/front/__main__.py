@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -46,8 +47,29 @@ def triton_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def watch_parent(parent_pid: int) -> bool:
+    """Ask Linux for SIGTERM when the process that started us dies; False if it is gone
+    already."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return os.getppid() == parent_pid
+
+
+def stop_triton(pid: int) -> None:
+    """The server's owner is gone or asked us to stop: Triton and its stubs go too."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 async def serve(config: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
+    pid = int(config["triton_pid"])
+    if config.get("parent_pid") and not watch_parent(int(config["parent_pid"])):
+        stop_triton(pid)
+        return
     policy = AccessPolicy(config["token"], config["user_token"])
     limit = int(config["max_request_bytes"])
     sockets = config["upstream"]
@@ -81,10 +103,17 @@ async def serve(config: dict[str, Any]) -> None:
                      args=(sockets["grpc"], float(config.get("janitor_interval", 10)),
                            stop_janitor)).start()
     _answer({"ports": listeners})
-    pid = int(config["triton_pid"])
-    while not stopping.is_set() and triton_alive(pid):
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=0.5)
+    triton_exited = asyncio.Event()
+    with contextlib.suppress(OSError):  # Linux ≥ 5.3: told the moment Triton exits
+        loop.add_reader(os.pidfd_open(pid), triton_exited.set)
+    while not stopping.is_set() and not triton_exited.is_set() and triton_alive(pid):
+        waiting = [asyncio.ensure_future(stopping.wait()),
+                   asyncio.ensure_future(triton_exited.wait())]
+        await asyncio.wait(waiting, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        for task in waiting:
+            task.cancel()
+    if stopping.is_set():
+        stop_triton(pid)
     stop_janitor.set()
     server.close()
     for running in http_servers:
