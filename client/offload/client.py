@@ -311,7 +311,10 @@ class Client:
             except OffloadError as error:
                 log.error("local fallback server failed to start: %s", error)
                 return False
-            self._pool.add(self._endpoint(self._local_server.grpc_url,
+            # Its owner talks to Triton's private socket (this user's alone): no front in
+            # the way; other local users reach only the front, and its token guards the
+            # repository and shared-memory APIs.
+            self._pool.add(self._endpoint(self._local_server.triton_grpc_url,
                                           token=self._local_server.token))
             return True
 
