@@ -403,7 +403,7 @@ def test_shared_memory_with_a_server_on_this_host(server, reference):
         np.testing.assert_allclose(model.submit(x=x).result()["y"], reference(x)["y"],
                                    rtol=1e-5, atol=1e-5)
         assert model.stats().bytes_sent < 4096  # the tensors did not travel in the messages
-        regions = [r.memory.name for r in client._regions._all]
+        regions = [r.memory.name for r in client._transport._regions._all]
         assert regions
     from pathlib import Path as _Path
 

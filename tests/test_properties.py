@@ -142,42 +142,52 @@ def test_input_checks_refuse_every_mismatch_with_an_offload_error(case, which, h
 
 
 # ------------------------------------------------------------------ response decoder
+def _response(name: str, arrays: dict[str, np.ndarray], datatypes: dict[str, str]) -> bytes:
+    message = pb.ModelInferResponse(model_name=name)
+    for tensor_name, value in arrays.items():
+        datatype = datatypes[tensor_name]
+        message.outputs.add(name=tensor_name, datatype=datatype, shape=value.shape)
+        message.raw_output_contents.append(
+            triton_bytes(value) if datatype == "BYTES" else
+            dtypes.float32_to_bf16_bytes(value) if datatype == "BF16" else
+            np.ascontiguousarray(value.astype(value.dtype.newbyteorder("<"))).tobytes())
+    return message.SerializeToString()
+
+
+def _assert_decoded(decoded: dict, arrays: dict, datatypes: dict) -> None:
+    for name, value in arrays.items():
+        if datatypes[name] == "BYTES":
+            expected = [v.encode() if isinstance(v, str) else v for v in value.reshape(-1)]
+            assert list(decoded[name].reshape(-1)) == expected
+        elif datatypes[name] == "BF16":
+            np.testing.assert_allclose(decoded[name], value, rtol=2**-8, atol=BF16_TINY)
+        else:
+            np.testing.assert_array_equal(decoded[name], value)
+
+
 @FAST
 @given(models_and_inputs())
 def test_any_response_decodes_to_its_arrays(case):
+    """A model's responses (its inputs' values echoed as outputs) decode right: parsed in
+    full, then learnt and recognised by their head bytes (the second and third responses
+    take the fast path), and a response of other shapes after them is still read right."""
     info, _, arrays = case
-    message = pb.ModelInferResponse(model_name=info.name)
-    for tensor in info.inputs:
-        value = arrays[tensor.name]
-        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=value.shape)
-        message.raw_output_contents.append(
-            triton_bytes(value) if tensor.datatype == "BYTES" else
-            dtypes.float32_to_bf16_bytes(value) if tensor.datatype == "BF16" else
-            np.ascontiguousarray(value.astype(value.dtype.newbyteorder("<"))).tobytes())
-    payload = message.SerializeToString()
-    # Parsed in full; then learnt, and recognised by its head bytes (twice: the second and
-    # third responses of a model take the fast path); and a response of another shape
-    # after them is still read right.
-    learner = ModelInfo(info.name, "", "p", 0, (), ())
-    other = pb.ModelInferResponse(model_name=info.name)
-    other.outputs.add(name="z", datatype="INT8", shape=[3])
-    other.raw_output_contents.append(b"\x01\x02\x03")
+    datatypes = {t.name: t.datatype for t in info.inputs}
+    payload = _response(info.name, arrays, datatypes)
+    learner = ModelInfo(info.name, "", "p", 0, (), tuple(
+        TensorInfo(t.name, t.datatype, tuple(-1 for _ in t.shape)) for t in info.inputs))
+    flat = {name: value.reshape(-1) if value.ndim != 1 else np.concatenate([value, value])
+            for name, value in arrays.items()}
     for index, info_or_none in enumerate((None, learner, learner, learner)):
-        decoded = tensors.decode_response(pb, payload, info_or_none)
+        _assert_decoded(tensors.decode_response(pb, payload, info_or_none), arrays, datatypes)
         if index == 2:
             assert learner.responses, "nothing learnt from the response"
-            stranger = tensors.decode_response(pb, other.SerializeToString(), learner)
-            np.testing.assert_array_equal(stranger["z"], [1, 2, 3])
-        for tensor in info.inputs:
-            value = arrays[tensor.name]
-            if tensor.datatype == "BYTES":
-                expected = [v.encode() if isinstance(v, str) else v for v in value.reshape(-1)]
-                assert list(decoded[tensor.name].reshape(-1)) == expected
-            elif tensor.datatype == "BF16":
-                np.testing.assert_allclose(decoded[tensor.name], value, rtol=2**-8,
-                                           atol=BF16_TINY)
-            else:
-                np.testing.assert_array_equal(decoded[tensor.name], value)
+            other = tensors.decode_response(pb, _response(info.name, flat, datatypes), learner)
+            _assert_decoded(other, flat, datatypes)
+    stranger = dict(arrays, unexpected_output=np.zeros(2, np.int8))
+    with pytest.raises(offload.ProtocolError, match="the model declares"):
+        tensors.decode_response(pb, _response(info.name, stranger, {
+            **datatypes, "unexpected_output": "INT8"}), learner)
 
 
 @FAST
@@ -186,8 +196,8 @@ def test_garbage_responses_raise_protocol_error_or_decode(payload):
     try:
         tensors.decode_response(pb, payload)
     except offload.ProtocolError as error:
-        assert "malformed" in str(error) or "cannot be decoded" in str(error) or \
-            "raw tensors" in str(error)
+        assert any(words in str(error) for words in (
+            "malformed", "cannot be decoded", "raw tensors", "has no outputs"))
 
 
 def test_float32_beyond_bfloat16_range_is_refused():

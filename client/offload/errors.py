@@ -82,6 +82,11 @@ class ProtocolError(InferenceError):
     tensor whose length prefixes overrun it). Not retried: the server answered."""
 
 
+class NotSupportedError(InferenceError):
+    """The server does not implement what was asked (gRPC UNIMPLEMENTED): e.g. shared
+    memory on a server of the inference protocol that is not Triton."""
+
+
 class AuthenticationError(InferenceError, PermissionError):
     """The server (or a proxy in front of it) refused the credentials: a missing or wrong
     token or header. Not retried."""
@@ -90,3 +95,7 @@ class AuthenticationError(InferenceError, PermissionError):
 class SharedMemoryError(InferenceError):
     """A shared-memory region could not be registered with the server, or the server lost
     it (restarted, or the region was unregistered) and registering it again failed."""
+
+
+class ClientClosedError(OffloadError, RuntimeError):
+    """A call on a client after its close(): create a new client."""
