@@ -73,9 +73,10 @@ class EngineOptions:
 # ---------------------------------------------------------------- fork handling
 # Bumped in a child after fork(): engines compare it on each call (cheaper than getpid()).
 _generation = 0
-# Where this process's ancestors or itself started gRPC's asyncio integration: it cannot be
-# used again in a forked child (gRPC aborts: "next_worker->state == KICKED").
-_aio_pid: int | None = None
+# Whether this process started gRPC's asyncio integration, and whether an ancestor did: it
+# cannot run again in a forked child (gRPC aborts: "next_worker->state == KICKED").
+_aio_used = False
+_aio_forbidden = False
 # What children inherited: kept referenced, never closed, so that no destructor of the
 # parent's channels, loops or threads runs in the child (a gRPC channel closing there could
 # write to the connection the parent still uses).
@@ -118,9 +119,10 @@ class _ForkGate:
 
     def after_fork_in_child(self) -> None:
         # The child has none of the parent's threads: nothing is in a call here.
-        global _generation
+        global _generation, _aio_forbidden
         self.__init__()  # type: ignore[misc]
         _generation += 1
+        _aio_forbidden = _aio_forbidden or _aio_used
 
 
 _gate = _ForkGate()
@@ -131,13 +133,12 @@ if hasattr(os, "register_at_fork"):
 
 def aio_usable() -> bool:
     """Whether gRPC's asyncio integration can run in this process."""
-    return _aio_pid is None or _aio_pid == os.getpid()
+    return not _aio_forbidden
 
 
 def _mark_aio_used() -> None:
-    global _aio_pid
-    if _aio_pid is None:
-        _aio_pid = os.getpid()
+    global _aio_used
+    _aio_used = True
 
 
 # ---------------------------------------------------------------- the engine
@@ -307,19 +308,22 @@ class Engine:
                     rows: int = 0, stats: StatsRecorder | None = None) -> Any:
         """One request on the running event loop, with retries and failover (`deadline`,
         a time.monotonic() value, wins over `timeout`: the pieces of one call share it)."""
-        self.check()
-        if not aio_usable():
+        if self._generation != _generation or self._closed:
+            self.check()
+        if _aio_forbidden:
             raise OffloadError(
                 "gRPC's asyncio support cannot run in a process forked from one that used "
                 "it (gRPC aborts); start this process with the 'spawn' method, or use the "
                 "synchronous Client here")
-        _mark_aio_used()
+        if not _aio_used:
+            _mark_aio_used()
         if deadline is None:
             deadline = time.monotonic() + (timeout or self.options.timeout)
         attempt = _Attempt(self, method, request, model, rows, stats, deadline)
         while True:
             endpoint, remaining = attempt.begin()
-            if not await endpoint.slots.acquire_async(remaining):
+            if not endpoint.slots.try_acquire() and \
+                    not await endpoint.slots.acquire_async(remaining):
                 endpoint.ended(None, failed=False)
                 attempt.no_slot(endpoint)
                 continue

@@ -43,6 +43,8 @@ class Slots:
 
     async def acquire_async(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for a slot, on the running event loop."""
+        if self.try_acquire():
+            return True
         loop = asyncio.get_running_loop()
         waiter = _LoopWaiter(loop, loop.create_future(), self)
         with self._lock:
