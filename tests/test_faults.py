@@ -225,12 +225,38 @@ def test_queue_timeout_is_an_overload_and_is_retried(tmp_path):
             assert model.stats().retries > 0
 
 
-def test_every_repository_model_has_a_queue_policy():
+def test_the_embedded_servers_front_bounds_the_requests_in_flight(tmp_path):
+    """The repository's CPU configs set no queue policy (it stalls Triton 2.51's batcher);
+    the front bounds the queue instead: calls beyond --max-in-flight are refused as a full
+    queue, retried by the client, and every one is served in the end."""
+    tm.export_echo(tmp_path, "slow", "TYPE_FP32", max_batch_size=1, dims=(4,), sleep_s=0.2)
+    with LocalServer(tmp_path, max_in_flight=2) as server:
+        with offload.Client(server.grpc_url, retries=0) as client:
+            model = client.model("slow")
+            futures = [model.submit(INPUT0=np.full((1, 4), i, np.float32)) for i in range(6)]
+            errors = [f.exception(timeout=30) for f in futures]
+            refused = [e for e in errors if e is not None]
+            assert refused and all(isinstance(e, offload.ServerOverloadedError)
+                                   for e in refused), errors
+            assert "2 inference requests are in flight on this server" in str(refused[0])
+            assert sum(e is None for e in errors) >= 2
+        with offload.Client(server.grpc_url, retries=30,
+                            backoff=offload.Backoff(base=0.1, cap=0.4)) as patient:
+            model = patient.model("slow")
+            futures = [model.submit(INPUT0=np.full((1, 4), i, np.float32)) for i in range(6)]
+            for i, future in enumerate(futures):
+                np.testing.assert_array_equal(future.result(timeout=60)["OUTPUT0"],
+                                              np.full((1, 4), i, np.float32))
+            assert model.stats().retries > 0
+
+
+def test_the_repository_cpu_configs_set_no_queue_policy_and_the_gpu_ones_do():
     from offload_server.model_spec import read_config
 
     repository = Path(__file__).resolve().parent.parent / "model_repository"
     for folder in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
-        policy = read_config(folder).dynamic_batching.default_queue_policy
-        assert policy.max_queue_size > 0, folder.name
-        assert policy.default_timeout_microseconds > 0, folder.name
-        assert policy.allow_timeout_override, folder.name
+        assert not read_config(folder).dynamic_batching.HasField("default_queue_policy"), \
+            folder.name
+        policy = read_config(folder, "gpu").dynamic_batching.default_queue_policy
+        assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0, \
+            folder.name

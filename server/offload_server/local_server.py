@@ -70,6 +70,10 @@ class ModelStatus:
 
 #: Default bound on one request (a gRPC message, or an HTTP body): 64 MiB.
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+#: Default bound on inference calls in flight through the front, all clients together:
+#: the embedded server's queue bound (the repository's CPU configs set no queue policy,
+#: with which Triton 2.51's dynamic batcher can stall 500 ms; see README "CPU backends").
+DEFAULT_MAX_IN_FLIGHT = 512
 
 #: tritonserver flags that would open it beyond its private sockets, or that the front
 #: owns: refused in `extra_args`, with the LocalServer argument to use instead.
@@ -128,6 +132,7 @@ class LocalServer:
         tls: ServerTLS | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         shared_memory_sweep: float = 10.0,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         on_status: Callable[[str], None] | None = None,
         on_log_line: Callable[[str], None] | None = None,
         model_config_name: str | None = None,
@@ -176,6 +181,10 @@ class LocalServer:
         self.max_request_bytes = max_request_bytes
         #: seconds between sweeps for shared-memory regions of clients that are gone
         self.shared_memory_sweep = shared_memory_sweep
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        #: inference calls the front lets through at once (the server's queue bound)
+        self.max_in_flight = max_in_flight
         self._on_status = on_status
         self._on_log_line = on_log_line
         self._process: subprocess.Popen[bytes] | None = None
@@ -453,6 +462,7 @@ class LocalServer:
                 "client_ca": None if self.tls.client_ca is None else str(self.tls.client_ca)},
             "log_level": "INFO" if self.log_verbose else "WARNING",
             "janitor_interval": self.shared_memory_sweep,
+            "max_in_flight": self.max_in_flight,
             **{kind: None if self._ports[kind] is None else [host, self._ports[kind]]
                for kind, host in listeners.items()},
         }

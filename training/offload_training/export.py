@@ -24,21 +24,19 @@ class Tensor:
 
 def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[Tensor],
                  outputs: Sequence[Tensor], *, max_queue_delay_us: int = 500,
-                 max_queue_size: int = 256, queue_timeout_us: int = 10_000_000,
+                 max_queue_size: int | None = None, queue_timeout_us: int = 10_000_000,
                  instance_count: int = 2,
                  parameters: dict[str, str] | None = None) -> str:
     """A complete config (loads with auto-complete off). No instance_group kind: KIND_AUTO
     puts the model on a GPU in the NGC image and on the CPU in the embedded server.
 
-    The queue policy protects the server under overload: at most `max_queue_size` requests
-    wait, none longer than `queue_timeout_us` (a request may ask for less); the others are
-    refused before they run, which the client retries with backoff, elsewhere if it can.
-
-    `instance_count` is 2, not 1: with a queue policy, Triton 2.51's dynamic batcher cannot
-    prefetch and waits for an idle instance; the only wake-up it gets comes just before the
-    instance is idle again, and when it loses that race it sleeps 500 ms. With a single
-    instance, a request that cannot join the running batch then waits ~500 ms (README,
-    "CPU backends"); with two, the other instance's completion wakes it."""
+    No queue policy by default: with one, Triton 2.51's dynamic batcher cannot prefetch and
+    waits for an idle instance, and the only wake-up it gets comes just before the instance
+    is idle again; when it loses that race it sleeps 500 ms (README, "CPU backends"). The
+    embedded server bounds its queue in its front instead (`offload serve --max-in-flight`).
+    `max_queue_size` adds a policy (at most that many waiting, none longer than
+    `queue_timeout_us`), for servers without such a front; then keep two instances or more,
+    so that another instance's completion wakes the batcher."""
     lines = [
         f'name: "{name}"',
         f'backend: "{backend}"',
@@ -49,10 +47,13 @@ def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[
         "output [",
         ",\n".join(f"  {t.pbtxt()}" for t in outputs),
         "]",
-        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us}",
-        f"  default_queue_policy {{ max_queue_size: {max_queue_size} timeout_action: REJECT",
-        f"    default_timeout_microseconds: {queue_timeout_us} allow_timeout_override: true }}",
-        "}",
+        *((f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}",)
+          if max_queue_size is None else (
+            f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us}",
+            f"  default_queue_policy {{ max_queue_size: {max_queue_size} timeout_action: "
+            f"REJECT default_timeout_microseconds: {queue_timeout_us} "
+            "allow_timeout_override: true }",
+            "}")),
         f"instance_group [ {{ count: {instance_count} }} ]",
     ]
     for key, value in (parameters or {}).items():
