@@ -169,12 +169,13 @@ instance_group [ { count: 2 } ]""")
     record = json.loads((tmp_path / "out" / "overlap.json").read_text())
     assert record["machine"]["cores"] and record["stall_ms"] == 400
     rows = {(r["configuration"], r["pattern"]): r for r in record["rows"]}
-    assert set(rows) == {(c, p) for c in ("as committed", "one instance")
+    before, single = "before: 1 instance + queue policy", "1 instance, no policy"
+    assert set(rows) == {(c, p) for c in ("as committed", before, single)
                          for p in ("pair", "triple")}
     assert rows["as committed", "pair"]["sizes"] == [1024, 176]
-    assert rows["one instance", "triple"]["sizes"] == [1024, 1024, 176]
+    assert rows[before, "triple"]["sizes"] == [1024, 1024, 176]
     assert rows["as committed", "pair"]["instances"] == 2
-    assert rows["one instance", "pair"]["instances"] == 1
+    assert rows[before, "pair"]["instances"] == rows[single, "pair"]["instances"] == 1
     for row in rows.values():
         assert row["trials"] == 3 and row["worst_ms"] >= row["median_trial_ms"] > 0
         assert row["mean_executions"] >= 2  # the pieces did not merge (> max_batch_size)
