@@ -41,6 +41,7 @@ serve: $(VENV)/.stamp-server
 
 lint: $(VENV)/.stamp-server,train,dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 repo-check: $(VENV)/.stamp-server
 	$(VENV)/bin/offload repo check $(REPO)

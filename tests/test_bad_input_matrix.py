@@ -113,7 +113,8 @@ def test_a_split_call_keeps_a_bounded_window_in_flight(server):
     with offload.Client(server.grpc_url, retries=0, pipeline=4) as client:
         model = client.model("slow_queue_of_four")
         np.testing.assert_array_equal(model.infer(INPUT0=x)["OUTPUT0"], x)
-        assert model.stats().requests == 40 and model.stats().failures == 0
+        assert model.stats().requests == 40
+        assert model.stats().failures == 0
     with offload.Client(server.grpc_url, retries=0, pipeline=40) as flooding, \
             pytest.raises(offload.ServerOverloadedError):
         flooding.model("slow_queue_of_four").infer(INPUT0=x)

@@ -60,7 +60,8 @@ def _closed_port() -> str:
 def test_model_metadata_is_cached(client):
     model = client.model("mlp")
     assert client.model("mlp") is model
-    assert [t.name for t in model.inputs] == ["x"] and model.inputs[0].shape == (-1, tm.N_FEATURES)
+    assert [t.name for t in model.inputs] == ["x"]
+    assert model.inputs[0].shape == (-1, tm.N_FEATURES)
     assert model.inputs[0].dtype == np.float32
     assert [t.name for t in model.outputs] == ["y"]
     assert model.max_batch_size == 1024
@@ -168,7 +169,8 @@ def test_numeric_types_round_trip(client):
 def test_bytes_round_trip(client):
     values = np.array([b"jet", b"", b"\x00\xffbinary", "µ-on".encode()], dtype=object)
     served = client.model("echo_bytes").infer(INPUT0=values)["OUTPUT0"]
-    assert served.dtype == object and list(served) == list(values)
+    assert served.dtype == object
+    assert list(served) == list(values)
 
 
 def test_big_endian_and_non_contiguous_inputs_are_converted(client, reference):
@@ -315,7 +317,8 @@ def test_local_fallback_starts_and_stops_an_embedded_server(repo):
         echoed = client.model("echo_fp32").infer(INPUT0=np.arange(3, dtype=np.float32))
         np.testing.assert_array_equal(echoed["OUTPUT0"], np.arange(3))
         local = client._local_server
-        assert local is not None and local.running
+        assert local is not None
+        assert local.running
     assert not local.running
 
 
@@ -345,7 +348,8 @@ def test_command_line_models_infer_stats(server, reference, tmp_path):
         np.testing.assert_allclose(out["y"], reference(x)["y"], rtol=1e-5, atol=1e-5)
     stats = subprocess.run([*offload_cli, "stats", "mlp", "--server", server.grpc_url],
                            capture_output=True, text=True, timeout=60)
-    assert stats.returncode == 0 and "per request: queue" in stats.stdout
+    assert stats.returncode == 0
+    assert "per request: queue" in stats.stdout
     np.savez(tmp_path / "bad.npz", features=x)
     refused = subprocess.run([*offload_cli, "infer", "mlp", "--input", str(tmp_path / "bad.npz"),
                               "--server", server.grpc_url], capture_output=True, text=True,
@@ -448,7 +452,7 @@ def test_health_probe(server):
 
 
 def test_finite_check_catches_every_kind_of_non_finite_value():
-    from offload.tensors import _all_finite
+    from offload.inputs import _all_finite
 
     # Both ways of checking: a few elements summed in Python, more by numpy/BLAS; each on
     # contiguous arrays and on strided views.
@@ -497,5 +501,6 @@ def test_full_queue_is_retried_with_backoff_then_reported_as_overload(tmp_path):
             futures = [model.submit(INPUT0=x) for _ in range(6)]
             errors = [f.exception(timeout=60) for f in futures]
             refused = [e for e in errors if e is not None]
-            assert refused and all(isinstance(e, offload.ServerOverloadedError) for e in refused)
+            assert refused
+            assert all(isinstance(e, offload.ServerOverloadedError) for e in refused)
             assert "queue is full" in str(refused[0])

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import offload
-from offload import dtypes, protocol, shm, tensors
+from offload import codec, dtypes, protocol, schema, shm
 from offload.endpoints import parse_servers
 from offload_server import LocalServer
 
@@ -157,9 +157,9 @@ def _valid_response() -> bytes:
     return message.SerializeToString()
 
 
-_INFO = tensors.ModelInfo("m", "", "p", 0, (tensors.TensorInfo("x", "FP32", (2, 3)),),
-                          (tensors.TensorInfo("y", "FP32", (2, 3)),
-                           tensors.TensorInfo("label", "BYTES", (2,))))
+_INFO = schema.ModelInfo("m", "", "p", 0, (schema.TensorInfo("x", "FP32", (2, 3)),),
+                          (schema.TensorInfo("y", "FP32", (2, 3)),
+                           schema.TensorInfo("label", "BYTES", (2,))))
 
 
 @settings(max_examples=300, deadline=None)
@@ -179,7 +179,7 @@ def test_damaged_responses_raise_protocol_error_only(data):
             st.sampled_from([b"FP64", b"XX32", b"INT8", b"BF16"]))))
     for info in (None, _INFO):
         with contextlib.suppress(offload.ProtocolError):
-            tensors.decode_response(pb, bytes(payload), info)
+            codec.decode_response(pb, bytes(payload), info)
 
 
 @settings(max_examples=200, deadline=None)
@@ -200,13 +200,13 @@ def test_shared_memory_answers_that_do_not_fit_raise_protocol_error(payload):
 
 def test_empty_and_unexpected_responses_are_protocol_errors():
     with pytest.raises(offload.ProtocolError, match="has no outputs"):
-        tensors.decode_response(pb, pb.ModelInferResponse(model_name="m").SerializeToString(),
+        codec.decode_response(pb, pb.ModelInferResponse(model_name="m").SerializeToString(),
                                 _INFO)
     stray = pb.ModelInferResponse(model_name="m")
     stray.outputs.add(name="z", datatype="FP32", shape=[1])
     stray.raw_output_contents.append(b"\0\0\0\0")
     with pytest.raises(offload.ProtocolError, match="the model declares"):
-        tensors.decode_response(pb, stray.SerializeToString(), _INFO)
+        codec.decode_response(pb, stray.SerializeToString(), _INFO)
 
 
 # ------------------------------------------------------------------ small ones
@@ -251,5 +251,7 @@ def test_offload_infer_says_in_one_line_what_is_wrong_with_a_file(tmp_path):
         result = _offload_infer("--input", *args, *unreachable)
         assert result.returncode == 1, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-        assert problem in lines[0] and Path(args[-1]).name in lines[0], lines[0]
+        assert len(lines) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert problem in lines[0], lines[0]
+        assert Path(args[-1]).name in lines[0], lines[0]

@@ -35,9 +35,11 @@ def test_breaker_opens_after_consecutive_failures_and_backs_off():
         breaker.failure(now)
     assert breaker.closed(now)
     breaker.failure(now)
-    assert not breaker.closed(now + 1.9) and breaker.closed(now + 2.0)
+    assert not breaker.closed(now + 1.9)
+    assert breaker.closed(now + 2.0)
     breaker.failure(now + 2.0)  # fails again on the retry: cooldown doubles
-    assert not breaker.closed(now + 5.9) and breaker.closed(now + 6.0)
+    assert not breaker.closed(now + 5.9)
+    assert breaker.closed(now + 6.0)
     breaker.failure(now + 6.0)
     assert breaker.open_until == now + 6.0 + 5.0  # capped
     breaker.success()
@@ -61,5 +63,6 @@ def test_open_breakers_are_skipped_and_all_open_still_answers():
 def test_backoff_has_full_jitter_within_the_cap():
     backoff = Backoff(base=0.1, cap=1.0)
     delays = [backoff.delay(attempt) for attempt in range(10) for _ in range(50)]
-    assert min(delays) >= 0 and max(delays) <= 1.0
+    assert min(delays) >= 0
+    assert max(delays) <= 1.0
     assert max(backoff.delay(0) for _ in range(200)) <= 0.1

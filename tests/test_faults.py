@@ -97,7 +97,8 @@ def test_kill_9_and_restart_on_the_same_port_loses_nothing(repo, reference):
     failed = [(index, error) for index, error in outcomes if error is not None]
     assert failed == [], f"{len(failed)} requests lost across the restart: {failed[:3]}"
     assert stats.retries > 0, "no request met the dead server: the test proved nothing"
-    assert stats.calls == 300 and stats.failures == 0
+    assert stats.calls == 300
+    assert stats.failures == 0
 
 
 @pytest.mark.slow
@@ -190,7 +191,8 @@ def test_full_queue_without_retries_left_is_an_overload_error_for_each_refused(t
         outcomes = [(i, f.exception(timeout=60)) for i, f in enumerate(futures)]
         served = [i for i, e in outcomes if e is None]
         refused = [e for _, e in outcomes if e is not None]
-        assert served and refused, outcomes  # some got through, some met a full queue
+        assert served, outcomes  # some got through, some met a full queue
+        assert refused, outcomes
         assert all(isinstance(e, offload.ServerOverloadedError) for e in refused), refused
         assert "queue is full" in str(refused[0])
         for i in served:  # and those served got their own inputs back
@@ -212,8 +214,8 @@ def test_queue_timeout_is_an_overload_and_is_retried(tmp_path):
             futures = [model.submit(INPUT0=np.full((1, 4), i, np.float32)) for i in range(5)]
             errors = [f.exception(timeout=30) for f in futures]
             refused = [e for e in errors if e is not None]
-            assert refused and all(isinstance(e, offload.ServerOverloadedError)
-                                   for e in refused), errors
+            assert refused, errors
+            assert all(isinstance(e, offload.ServerOverloadedError) for e in refused), errors
             assert "Request timeout expired" in str(refused[0])
         with offload.Client(server.grpc_url, retries=30,
                             backoff=offload.Backoff(base=0.1, cap=0.5)) as patient:
@@ -236,8 +238,8 @@ def test_the_embedded_servers_front_bounds_the_requests_in_flight(tmp_path):
             futures = [model.submit(INPUT0=np.full((1, 4), i, np.float32)) for i in range(6)]
             errors = [f.exception(timeout=30) for f in futures]
             refused = [e for e in errors if e is not None]
-            assert refused and all(isinstance(e, offload.ServerOverloadedError)
-                                   for e in refused), errors
+            assert refused, errors
+            assert all(isinstance(e, offload.ServerOverloadedError) for e in refused), errors
             assert "2 inference requests are in flight on this server" in str(refused[0])
             assert sum(e is None for e in errors) >= 2
         with offload.Client(server.grpc_url, retries=30,
@@ -258,5 +260,5 @@ def test_the_repository_cpu_configs_set_no_queue_policy_and_the_gpu_ones_do():
         assert not read_config(folder).dynamic_batching.HasField("default_queue_policy"), \
             folder.name
         policy = read_config(folder, "gpu").dynamic_batching.default_queue_policy
-        assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0, \
-            folder.name
+        assert policy.max_queue_size > 0, folder.name
+        assert policy.default_timeout_microseconds > 0, folder.name

@@ -33,13 +33,16 @@ def test_gridsim_both_modes_against_a_server(jet_server, tmp_path):
                       "--warmup", "0.3", "--cpu-ms", "1", "--output", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((tmp_path / "gridsim.json").read_text())
-    assert record["complete"] and record["error"] is None
-    assert record["machine"]["cores"] and record["machine"]["cpu"]
+    assert record["complete"]
+    assert record["error"] is None
+    assert record["machine"]["cores"]
+    assert record["machine"]["cpu"]
     assert record["server"] == jet_server.grpc_url
     rows = {(r["workers"], r["mode"]): r for r in record["rows"]}
     assert set(rows) == {(k, m) for k in (1, 2) for m in ("in_process", "offloaded")}
     for (k, _mode), row in rows.items():
-        assert row["events_per_second"] > 0 and len(row["per_worker"]) == k
+        assert row["events_per_second"] > 0
+        assert len(row["per_worker"]) == k
         assert all(rate > 0 for rate in row["per_worker"])
         # the busy work is CPU time: at least the 1 ms asked for, per event
         assert row["reco_ms_per_event"] >= 1.0
@@ -51,7 +54,8 @@ def test_gridsim_both_modes_against_a_server(jet_server, tmp_path):
             # every event's request reached the server within the window (+ nothing else;
             # at each window edge a worker's request in flight may land on either side)
             assert abs(stats["requests"] - served["events"]) <= k
-            assert stats["queue_us_per_request"] >= 0 and stats["compute_us_per_request"] > 0
+            assert stats["queue_us_per_request"] >= 0
+            assert stats["compute_us_per_request"] > 0
     assert [r["workers"] for r in record["ratios"]] == [1, 2]
     assert all(r["offloaded_over_in_process"] > 0 for r in record["ratios"])
     assert record["ratios"][0]["in_process_scaling"] == pytest.approx(1.0)
@@ -112,7 +116,8 @@ def test_gridsim_is_an_offload_subcommand():
     result = subprocess.run([sys.executable, "-m", "offload.cli", "gridsim", "--help"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "--workers" in result.stdout and "--server" in result.stdout
+    assert "--workers" in result.stdout
+    assert "--server" in result.stdout
 
 
 def test_gridsim_fast_simulation_job_with_its_own_server(tmp_path):
@@ -121,7 +126,8 @@ def test_gridsim_fast_simulation_job_with_its_own_server(tmp_path):
                       "--output", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((tmp_path / "gridsim.json").read_text())
-    assert record["complete"] and record["settings"]["showers_per_event"] == 3
+    assert record["complete"]
+    assert record["settings"]["showers_per_event"] == 3
     assert record["server"].startswith("embedded tritonserver")
     rows = {r["mode"]: r for r in record["rows"]}
     assert rows["in_process"]["events_per_second"] > 0

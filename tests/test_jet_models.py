@@ -63,7 +63,8 @@ def test_tagger_served_matches_in_process_and_its_card(server):
     assert again["auc"] == pytest.approx(expected["auc"], abs=1e-4)
     assert again["rejection_at_30"] == pytest.approx(expected["rejection_at_30"], rel=0.02)
     card = (REPOSITORY / "jet_tagger" / "model_card.md").read_text()
-    assert f"{expected['auc']:.4f}" in card and f"{recorded['test']['auc']:.4f}" in card
+    assert f"{expected['auc']:.4f}" in card
+    assert f"{recorded['test']['auc']:.4f}" in card
 
 
 def test_regression_served_matches_in_process_and_its_card(server):
@@ -97,7 +98,8 @@ def test_quick_training_pipeline_end_to_end(tmp_path):
 
     tagger = build_tagger(tmp_path, quick=True)
     regression = build_regression(tmp_path, quick=True)
-    assert 0.0 <= tagger["test"]["auc"] <= 1.0 and tagger["data"]["quick"]
+    assert 0.0 <= tagger["test"]["auc"] <= 1.0
+    assert tagger["data"]["quick"]
     assert regression["test"]["inclusive"]["corrected"]["n"] > 0
     report = check_repository(tmp_path)
     assert report.ok, {m.name: m.errors for m in report.models}
@@ -115,4 +117,5 @@ def test_grid_job_example_runs_against_the_server(server):
                              "--block", "32", "--server", server.grpc_url],
                             cwd=REPOSITORY.parent, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "150 events, 300 jets" in result.stdout and "events/s" in result.stdout
+    assert "150 events, 300 jets" in result.stdout
+    assert "events/s" in result.stdout

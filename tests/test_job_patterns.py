@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 import pickle
 import socket
 import threading
@@ -127,7 +126,8 @@ def test_a_pickled_client_and_model_work_in_spawned_processes(server, reference)
         model.infer(x=_x(1, 0.1))
         blob = pickle.dumps(model)
         copy = pickle.loads(pickle.dumps(client))
-        assert copy is not client and copy.servers == client.servers
+        assert copy is not client
+        assert copy.servers == client.servers
         assert (copy.timeout, copy.retries, copy.pipeline) == (30, 2, 4)
         np.testing.assert_allclose(copy.model("mlp").infer(x=_x(2, 0.3))["y"],
                                    reference(_x(2, 0.3))["y"], rtol=1e-5, atol=1e-6)
@@ -152,7 +152,7 @@ def test_a_closed_client_raises_an_offload_error(server):
 
 
 def _threads_and_descriptors() -> tuple[int, int]:
-    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+    return threading.active_count(), len(list(Path("/proc/self/fd").iterdir()))
 
 
 def test_clients_dropped_without_close_free_their_threads_and_descriptors(server):

@@ -31,7 +31,7 @@ def _locust(host: str, prefix: Path, *extra: str) -> subprocess.CompletedProcess
 
 
 def _stats(prefix: Path) -> dict[str, dict]:
-    with open(f"{prefix}_stats.csv", newline="") as handle:
+    with Path(f"{prefix}_stats.csv").open(newline="") as handle:
         return {row["Name"]: row for row in csv.DictReader(handle)}
 
 
@@ -42,7 +42,8 @@ def test_locust_grpc_user_reports_each_inference(tagger_server, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     row = _stats(prefix)["jet_tagger"]
     assert row["Type"] == "grpc"
-    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+    assert int(row["Request Count"]) > 0
+    assert int(row["Failure Count"]) == 0
     assert float(row["Average Content Size"]) == 4 * 4  # batch 4 x one float32 score
     # Triton saw those requests (at least as many as locust wrote down before its CSV)
     import offload
@@ -67,7 +68,7 @@ def test_locust_unknown_model_is_a_failure_and_a_nonzero_exit(tagger_server, tmp
     assert int(stats["no_such_model"]["Failure Count"]) > 0
     assert int(stats["jet_tagger"]["Request Count"]) > 0
     assert int(stats["jet_tagger"]["Failure Count"]) == 0
-    with open(f"{prefix}_failures.csv", newline="") as handle:
+    with Path(f"{prefix}_failures.csv").open(newline="") as handle:
         errors = " ".join(row["Error"] for row in csv.DictReader(handle))
     assert "no_such_model" in errors
 
@@ -81,9 +82,12 @@ def test_make_load_wrapper_against_a_running_server(tagger_server, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads(summary.read_text())
-    assert record["exit_code"] == 0 and record["machine"]["cores"]
+    assert record["exit_code"] == 0
+    assert record["machine"]["cores"]
     (tagger,) = [r for r in record["stats"] if r["name"] == "jet_tagger"]
-    assert tagger["requests"] > 0 and tagger["failures"] == 0 and tagger["p99_ms"] > 0
+    assert tagger["requests"] > 0
+    assert tagger["failures"] == 0
+    assert tagger["p99_ms"] > 0
     assert (tmp_path / "load" / "load.html").stat().st_size > 10_000
 
 
@@ -99,7 +103,8 @@ def test_make_load_starts_and_stops_the_embedded_server(tmp_path):
     record = json.loads((tmp_path / "summary.json").read_text())
     assert record["server"].startswith("embedded tritonserver at 127.0.0.1:")
     (tagger,) = [r for r in record["stats"] if r["name"] == "jet_tagger"]
-    assert tagger["requests"] > 0 and tagger["failures"] == 0
+    assert tagger["requests"] > 0
+    assert tagger["failures"] == 0
     # the server it started is gone: nothing listens on its port any more
     import socket
 
@@ -133,7 +138,8 @@ def test_locust_kubernetes_manifest_renders_and_validates():
         assert pod["securityContext"]["runAsNonRoot"] is True
         for container in pod["containers"] + pod.get("initContainers", []):
             assert container["image"].split(":")[-1] not in ("", "latest")
-            assert container["resources"]["limits"] and container["resources"]["requests"]
+            assert container["resources"]["limits"]
+            assert container["resources"]["requests"]
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert "--master" in master["containers"][0]["args"]
     worker_args = worker["containers"][0]["args"]

@@ -214,7 +214,8 @@ def test_make_serve_starts_the_server_and_ctrl_c_stops_it(small_repo):
         grpc_url = serve.wait_for(r"gRPC\s+(\S+)").group(1)
         client = grpcclient.InferenceServerClient(grpc_url)
         assert client.is_server_ready()
-        assert client.is_model_ready("mlp_a") and client.is_model_ready("mlp_b")
+        assert client.is_model_ready("mlp_a")
+        assert client.is_model_ready("mlp_b")
         client.close()
         os.killpg(serve.process.pid, signal.SIGINT)  # Ctrl-C reaches the foreground group
         serve.process.wait(timeout=30)
@@ -257,7 +258,7 @@ def test_offload_repo_check_cli_exit_codes(small_repo, tmp_path):
                          text=True, timeout=120)
     assert bad.returncode == 1
     assert "ERROR model 'broken': input 'x'" in bad.stdout
-    assert os.path.exists(tmp_path / "broken" / "1" / "model.onnx")
+    assert (tmp_path / "broken" / "1" / "model.onnx").exists()
 
 
 def test_poll_mode_with_passed_through_triton_flag_loads_a_model_added_later(tmp_path):

@@ -95,7 +95,7 @@ def test_overlapping_requests_of_the_shower_generator_do_not_stall():
                 errors: list = []
                 done = threading.Semaphore(0)
 
-                def answered(result, error, errors=errors, done=done) -> None:
+                def answered(_result, error, errors=errors, done=done) -> None:
                     errors.append(error)
                     done.release()
 

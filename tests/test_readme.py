@@ -35,4 +35,5 @@ def test_the_readme_client_example_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ClientStats(calls=" in result.stdout
     scores = re.findall(r"\[([0-9.e-]+)\]", result.stdout)
-    assert scores and all(0 <= float(score) <= 1 for score in scores)
+    assert scores
+    assert all(0 <= float(score) <= 1 for score in scores)

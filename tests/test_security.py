@@ -105,7 +105,7 @@ def listening(pid: int) -> list[tuple[str, int]]:
     """The TCP addresses a process listens on, from /proc."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd) if fd.is_symlink() else ""
+        target = str(fd.readlink()) if fd.is_symlink() else ""
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     found = []
@@ -186,7 +186,7 @@ def test_nothing_listens_beyond_loopback_and_triton_not_on_the_network(open_serv
 
 def test_host_opens_only_grpc_to_other_hosts(repo):
     with LocalServer(repo, models=["mlp"], host="0.0.0.0", metrics_port=0) as wide:
-        front = dict((port, host) for host, port in listening(wide.front_pid))
+        front = {port: host for host, port in listening(wide.front_pid)}
         assert front[wide.grpc_port] == "0.0.0.0"
         assert front[wide.metrics_port] == "127.0.0.1"  # unless asked with metrics_host
         assert listening(wide.pid) == []
@@ -260,7 +260,8 @@ def test_each_crash_body_kills_triton_when_it_reaches_it(repo, body):
             connection.request("POST", "/v2/models/mlp/infer", body=CRASH_BODIES[body])
             connection.getresponse().read()
         code = server.wait(timeout=60)
-        assert code is not None and code < 0, code  # killed by a signal (abort, SIGSEGV)
+        assert code is not None
+        assert code < 0, code  # killed by a signal (abort, SIGSEGV)
 
 
 # ------------------------------------------------- code upload (model repository API)
@@ -361,7 +362,8 @@ def test_with_a_user_token_only_health_is_open(token_server):
     assert http(metrics)[0] == 401
     assert http(metrics, headers={"Authorization": "Bearer guess"})[0] == 403
     status, text = http(metrics, headers={"Authorization": f"Bearer {SECRET}"})
-    assert status == 200 and b"nv_inference_request_success" in text
+    assert status == 200
+    assert b"nv_inference_request_success" in text
     assert http(f"{token_server.http_url}/v2/health/ready")[0] == 200
     assert http(f"{token_server.http_url}/v2/models/stats")[0] == 401
 
@@ -445,7 +447,8 @@ def test_regions_of_a_killed_client_are_unregistered(open_server):
         assert dying.stdout.readline().strip() == "registered"
         mine = {n: k for n, k in _regions(open_server).items()
                 if n.startswith(f"offload-{dying.pid}-")}
-        assert mine and not set(mine) & before
+        assert mine
+        assert not set(mine) & before
         dying.send_signal(signal.SIGKILL)
         dying.wait()
         deadline = time.monotonic() + 30

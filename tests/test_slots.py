@@ -12,7 +12,8 @@ from offload.slots import Slots
 
 def test_a_full_bound_makes_threads_wait_in_order_and_time_out_without_leaking():
     slots = Slots(2)
-    assert slots.try_acquire() and slots.try_acquire()
+    assert slots.try_acquire()
+    assert slots.try_acquire()
     assert not slots.try_acquire()
     assert not slots.acquire(0.05)  # timed out: nothing taken
     order: list[int] = []
@@ -44,7 +45,8 @@ def test_event_loop_waiters_are_granted_from_other_threads_and_never_leak():
     async def scenario() -> None:
         assert await slots.acquire_async(1)  # free: at once
         timed_out = await slots.acquire_async(0.05)
-        assert not timed_out and slots.in_use == 1
+        assert not timed_out
+        assert slots.in_use == 1
         # Granted by a release from another thread while waiting.
         threading.Timer(0.1, slots.release).start()
         assert await slots.acquire_async(5)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from offload import protocol, tensors
+from offload import protocol
 from offload.client import _ClientBase, _index, _ModelBase, windowed
 from offload.errors import (
     AuthenticationError,
@@ -26,8 +26,9 @@ from offload.errors import (
     NotSupportedError,
     OffloadError,
 )
+from offload.inputs import check_piece_size
+from offload.schema import ModelInfo
 from offload.stats import ServerStats, server_stats
-from offload.tensors import ModelInfo
 
 
 class AsyncClient(_ClientBase):
@@ -113,7 +114,7 @@ class AsyncModel(_ModelBase):
         """As Model.infer(), awaited; one deadline for all the pieces of a split batch."""
         target = await self._for_version(version)
         prepared = self._prepare(target, {**(inputs or {}), **named})
-        tensors.check_piece_size(target.info, prepared)
+        check_piece_size(target.info, prepared)
         return await self._infer_async(target, prepared, self._deadline(timeout))
 
     async def infer_ragged(self, entries: Sequence[Mapping[str, Any]], *,
@@ -123,11 +124,11 @@ class AsyncModel(_ModelBase):
         deadline = self._deadline(timeout)
         prepared = [self._prepare(self, dict(entry)) for entry in entries]
         for one in prepared:
-            tensors.check_piece_size(self.info, one)
+            check_piece_size(self.info, one)
         return await windowed(prepared, lambda one: self._infer_async(self, one, deadline),
                               self._client.pipeline)
 
-    def submit(self, *args: Any, **kwargs: Any) -> Any:
+    def submit(self, *_args: Any, **_kwargs: Any) -> Any:
         raise TypeError("AsyncModel has no submit(): use asyncio.create_task(model.infer(...))")
 
     async def server_stats(self) -> list[ServerStats]:

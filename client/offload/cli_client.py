@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def _client(args: argparse.Namespace):
     token = None
     if args.token_file:
         try:
-            with open(args.token_file) as source:
+            with Path(args.token_file).open() as source:
                 token = source.read().strip()
         except OSError as error:
             raise SystemExit(f"offload: cannot read --token-file {args.token_file}: "
@@ -109,9 +110,9 @@ def _read_inputs(path: str) -> dict[str, np.ndarray]:
         return InvalidInputError(f"{path}: {problem}; --input takes a .npz file with one "
                                  "array per model input (np.savez('in.npz', name=array))")
 
-    if not os.path.exists(path):
+    if not Path(path).exists():
         raise refuse("no such file")
-    if os.path.isdir(path):
+    if Path(path).is_dir():
         raise refuse("is a folder")
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -139,11 +140,11 @@ def _check_writable(path: str) -> None:
     from offload.errors import InvalidInputError
 
     target = path if path.endswith(".npz") else path + ".npz"  # (np.savez's rule)
-    folder = os.path.dirname(os.path.abspath(target))
-    problem = ("is a folder" if os.path.isdir(target) else
-               f"its folder {folder} does not exist" if not os.path.isdir(folder) else
+    folder = Path(target).resolve().parent
+    problem = ("is a folder" if Path(target).is_dir() else
+               f"its folder {folder} does not exist" if not folder.is_dir() else
                f"cannot write in {folder}" if not os.access(folder, os.W_OK) else
-               "exists and is not writable" if os.path.exists(target)
+               "exists and is not writable" if Path(target).exists()
                and not os.access(target, os.W_OK) else None)
     if problem:
         raise InvalidInputError(f"--output {path}: {problem}")

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from offload import protocol, tensors
+from offload import codec, protocol, schema
 from offload.endpoints import TLS, Backoff, parse_servers
 from offload.engine import COMPRESSION, Engine, EngineOptions
 from offload.errors import (
@@ -41,8 +41,9 @@ from offload.errors import (
     OffloadError,
     ServerUnavailableError,
 )
+from offload.inputs import Prepared, check_piece_size, pieces, prepare
+from offload.schema import ModelInfo, TensorInfo
 from offload.stats import ClientStats, ServerStats, StatsRecorder, server_stats
-from offload.tensors import ModelInfo, TensorInfo
 from offload.tokens import TOKEN_VARIABLE
 from offload.transport import MessageTransport, SharedMemoryTransport
 
@@ -126,7 +127,8 @@ class _ClientBase:
         state = "closed" if self.closed else "open"
         return f"<offload.{type(self).__name__} {','.join(self.servers) or '(fallback)'} {state}>"
 
-    def _adopt(self, model_class: type[T], info: ModelInfo, version: str) -> T:
+    def _adopt(self, model_class: Callable[[Any, ModelInfo, str], T], info: ModelInfo,
+               version: str) -> T:
         """The model handle for `info`, cached: one per (name, version) and client."""
         with self._lock:
             return self._models.setdefault((info.name, version),
@@ -134,7 +136,7 @@ class _ClientBase:
 
     def _info(self, name: str, metadata: Any, config: Any,
               max_batch_size: int | None) -> ModelInfo:
-        info = tensors.model_info(metadata, config, max_batch_size=max_batch_size)
+        info = schema.model_info(metadata, config, max_batch_size=max_batch_size)
         if config is None:
             log.info("model '%s': the server has no ModelConfig; metadata only (max batch "
                      "size %d: %s)", name, info.max_batch_size,
@@ -317,10 +319,10 @@ class _ModelBase:
         """This client's counters and latency percentiles for the model."""
         return self._stats.snapshot()
 
-    def _prepare(self, target: _ModelBase, arrays: dict[str, Any]) -> tensors.Prepared:
+    def _prepare(self, target: _ModelBase, arrays: dict[str, Any]) -> Prepared:
         self._stats.call()
         try:
-            return tensors.prepare(target.info, arrays,
+            return prepare(target.info, arrays,
                                    check_finite=self._client.check_finite)
         except InferenceError:
             self._stats.failure()
@@ -329,7 +331,7 @@ class _ModelBase:
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (timeout or self._client.timeout)
 
-    async def _infer_async(self, target: _ModelBase, prepared: tensors.Prepared,
+    async def _infer_async(self, target: _ModelBase, prepared: Prepared,
                            deadline: float) -> dict[str, np.ndarray]:
         """A prepared call on the running loop: its pieces, `pipeline` at a time, one
         deadline for all."""
@@ -337,11 +339,11 @@ class _ModelBase:
         engine, transport, info = client._engine, client._transport, target.info
         version, stats = target.version, self._stats
         results = await windowed(
-            tensors.pieces(prepared, info.max_batch_size),
+            pieces(prepared, info.max_batch_size),
             lambda piece: transport.asend(engine, info, version, piece, deadline=deadline,
                                           stats=stats),
             client.pipeline)
-        return tensors.concatenate(results)
+        return codec.concatenate(results)
 
 
 class Model(_ModelBase):
@@ -395,19 +397,19 @@ class Model(_ModelBase):
         return server_stats(self._client._engine.call("ModelStatistics", request,
                                                       model=self.name))
 
-    def _submit_prepared(self, target: Model, prepared: tensors.Prepared,
+    def _submit_prepared(self, target: Model, prepared: Prepared,
                          timeout: float | None) -> concurrent.futures.Future:
-        tensors.check_piece_size(target.info, prepared)
+        check_piece_size(target.info, prepared)
         client = self._client
         engine, transport, info = client._engine, client._transport, target.info
         deadline = self._deadline(timeout)
         version, stats = target.version, self._stats
 
         def blocking() -> dict[str, np.ndarray]:  # (where asyncio cannot run: see spawn)
-            return tensors.concatenate([
+            return codec.concatenate([
                 transport.send(engine, info, version, piece, stats=stats,
                                timeout=max(deadline - time.monotonic(), 1e-3))
-                for piece in tensors.pieces(prepared, info.max_batch_size)])
+                for piece in pieces(prepared, info.max_batch_size)])
 
         return engine.spawn(lambda: self._infer_async(target, prepared, deadline), blocking)
 

@@ -57,7 +57,7 @@ def encode(triton_type: str, array: np.ndarray) -> bytes | memoryview:
         return float32_to_bf16_bytes(array)
     if array.dtype.byteorder == ">":  # e.g. straight from a ROOT file: one conversion
         array = array.astype(array.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
+    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")  # type: ignore[arg-type]
 
 
 def decode(triton_type: str, raw: bytes | memoryview, shape: list[int]) -> np.ndarray:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -37,7 +38,7 @@ class TLS:
 def _pem(value: bytes | str | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
-    with open(value, "rb") as handle:
+    with Path(value).open("rb") as handle:
         return handle.read()
 
 

@@ -533,7 +533,7 @@ class _Attempt:
         engine = self.engine
         if protocol.refused_credentials(code, details):
             endpoint.ended(None, failed=False)
-            raise self._final(protocol.translate(error, model=self.model,  # type: ignore[arg-type]
+            raise self._final(protocol.translate(error, model=self.model,
                                                  server=endpoint.address))
         busy = protocol.overloaded(code, details)
         reloading = self.reloading = protocol.model_reloading(code, details)
@@ -597,7 +597,7 @@ class _Attempt:
     def _last(self) -> str:
         error = self.last_error
         code = _status(error)
-        details = error.details() if hasattr(error, "details") else str(error)
+        details = error.details() if error is not None else ""
         return f"{code.name if code else 'error'} from {self.server}: {details}"
 
 

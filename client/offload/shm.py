@@ -18,6 +18,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +30,8 @@ from offload.errors import (
     ProtocolError,
     SharedMemoryError,
 )
-from offload.tensors import ModelInfo, Prepared
+from offload.inputs import Prepared
+from offload.schema import ModelInfo
 
 _ALIGN = 64
 _NAME = re.compile(r"offload-(\d+)-(\d+)-[0-9a-f]{32}")
@@ -38,7 +40,7 @@ _NAME = re.compile(r"offload-(\d+)-(\d+)-[0-9a-f]{32}")
 def _start_time(pid: int) -> int:
     """The process's start time in clock ticks since boot (0 where /proc has none)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
+        with Path(f"/proc/{pid}/stat").open() as stat:
             return int(stat.read().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return 0
@@ -205,8 +207,8 @@ def write_inputs(region: Region, info: ModelInfo, prepared: Prepared, where: Lay
     for tensor in info.inputs:
         offset, _ = where.inputs[tensor.name]
         value = prepared.arrays[tensor.name]
-        target = np.ndarray(value.shape, dtype=value.dtype.newbyteorder("<"), buffer=buffer,
-                            offset=offset)
+        target: np.ndarray = np.ndarray(value.shape, dtype=value.dtype.newbyteorder("<"),
+                                        buffer=buffer, offset=offset)
         np.copyto(target, value)  # converts byte order and layout on the way, one copy
 
 
@@ -242,7 +244,8 @@ def read_outputs(service_pb2, payload: bytes, region: Region, where: Layout,
     except Exception as error:  # DecodeError, or a non-bytes payload
         raise ProtocolError(f"model '{info.name}': malformed ModelInferResponse: {error}",
                             model=info.name) from error
-    outputs, raw = {}, iter(response.raw_output_contents)
+    outputs: dict[str, np.ndarray] = {}
+    raw = iter(response.raw_output_contents)
     expected = {t.name: t for t in info.outputs}
     for tensor in response.outputs:
         shape = tuple(tensor.shape)

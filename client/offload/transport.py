@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from offload import codec, protocol, shm
 from offload import engine as engine_module
-from offload import protocol, shm, tensors
 from offload.engine import Engine
 from offload.errors import SharedMemoryError
+from offload.inputs import Prepared
+from offload.schema import ModelInfo
 from offload.stats import StatsRecorder
-from offload.tensors import ModelInfo, Prepared
 
 
 class MessageTransport:
@@ -27,17 +28,17 @@ class MessageTransport:
 
     def send(self, engine: Engine, info: ModelInfo, version: str, piece: Prepared, *,
              timeout: float | None, stats: StatsRecorder) -> dict[str, np.ndarray]:
-        request = tensors.build_request(protocol.service_pb2, info, piece, version)
+        request = codec.build_request(protocol.service_pb2, info, piece, version)
         response = engine.call("ModelInfer", request, model=info.name, timeout=timeout,
                                rows=piece.batch or 1, stats=stats)
-        return tensors.decode_response(protocol.service_pb2, response, info)
+        return codec.decode_response(protocol.service_pb2, response, info)
 
     async def asend(self, engine: Engine, info: ModelInfo, version: str, piece: Prepared, *,
                     deadline: float, stats: StatsRecorder) -> dict[str, np.ndarray]:
-        request = tensors.build_request(protocol.service_pb2, info, piece, version)
+        request = codec.build_request(protocol.service_pb2, info, piece, version)
         response = await engine.acall("ModelInfer", request, model=info.name,
                                       deadline=deadline, rows=piece.batch or 1, stats=stats)
-        return tensors.decode_response(protocol.service_pb2, response, info)
+        return codec.decode_response(protocol.service_pb2, response, info)
 
     def close(self) -> None:
         pass

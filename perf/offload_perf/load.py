@@ -53,7 +53,7 @@ def summary(prefix: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    with open(path, newline="") as handle:
+    with Path(path).open(newline="") as handle:
         for row in csv.DictReader(handle):
             def number(key: str, row=row) -> float | None:
                 value = row.get(key, "")
@@ -81,7 +81,7 @@ def by_user_count(prefix: Path) -> list[dict]:
     if not path.is_file():
         return []
     groups: dict[int, list[dict]] = {}
-    with open(path, newline="") as handle:
+    with Path(path).open(newline="") as handle:
         for row in csv.DictReader(handle):
             if row["Name"] == "Aggregated" and row["Requests/s"] not in ("", "0", "0.000000"):
                 groups.setdefault(int(row["User Count"]), []).append(row)

@@ -54,7 +54,7 @@ GROWTH_FRACTION = 0.02
 def _rss_bytes(pid: int | str) -> int:
     """VmRSS of one process in bytes (0 if it is gone or has no memory, e.g. a zombie)."""
     try:
-        with open(f"/proc/{pid}/status") as handle:
+        with Path(f"/proc/{pid}/status").open() as handle:
             for line in handle:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
@@ -70,7 +70,7 @@ def process_group_rss(pgid: int) -> tuple[int, int]:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as handle:
+            with Path(f"/proc/{entry.name}/stat").open() as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
@@ -125,7 +125,7 @@ def history(prefix: Path) -> list[dict]:
     rows: list[dict] = []
     if not path.is_file():
         return rows
-    with open(path, newline="") as handle:
+    with Path(path).open(newline="") as handle:
         for row in csv.DictReader(handle):
             if row.get("Name") != "Aggregated":
                 continue
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             locust_args=["--rate", f"{args.rate:g}", "--csv-full-history"])
         command = locust_command(host, settings, prefix)
         console.print("$ locust " + " ".join(command[3:]), highlight=False)
-        log = stack.enter_context(open(raw / "locust.log", "w"))
+        log = stack.enter_context((raw / "locust.log").open("w"))
         started = time.time()
         locust = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -173,7 +173,7 @@ def _point(concurrency: int, batch: int, rates: list[float], last: tuple, stable
 
 
 def write_csv(points: list[Point], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
+    with Path(path).open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for p in points:

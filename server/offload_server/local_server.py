@@ -389,6 +389,7 @@ class LocalServer:
             backend, max_batch = "-", None
             if entry.get("state") == "READY":
                 config = self._http_json("GET", f"/v2/models/{entry['name']}/config")
+                assert isinstance(config, dict)
                 backend = config.get("backend") or config.get("platform") or "-"
                 max_batch = int(config.get("max_batch_size", 0))
             rows.append(ModelStatus(entry["name"], entry.get("version", "-"),
@@ -469,7 +470,8 @@ class LocalServer:
         self._front = subprocess.Popen(
             [sys.executable, "-m", "offload_server.front"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=environment, start_new_session=True)
-        assert self._front.stdin is not None and self._front.stdout is not None
+        assert self._front.stdin is not None
+        assert self._front.stdout is not None
         self._front.stdin.write(json.dumps(config).encode() + b"\n")
         self._front.stdin.close()
         ready, _, _ = select.select([self._front.stdout], [], [], 60)
@@ -503,9 +505,10 @@ class LocalServer:
         return env
 
     def _read_output(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
+        assert self._process is not None
+        assert self._process.stdout is not None
         assert self._log_file is not None
-        with open(self._log_file, "w", encoding="utf-8") as sink:
+        with self._log_file.open("w", encoding="utf-8") as sink:
             for raw in self._process.stdout:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 sink.write(line + "\n")
@@ -533,7 +536,8 @@ class LocalServer:
         while True:
             elapsed = time.monotonic() - started
             if self._process.poll() is not None:
-                self._reader and self._reader.join(timeout=5)
+                if self._reader is not None:
+                    self._reader.join(timeout=5)
                 raise ServerStartError(self._failure_message(
                     f"tritonserver exited with code {self._process.returncode} while starting"))
             if self.ready():

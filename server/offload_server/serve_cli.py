@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: object) -> None:
         if not started.is_set():
             raise KeyboardInterrupt  # while starting: unwind, and start() stops the server
         stop.set()

@@ -34,7 +34,8 @@ class Affine(Model):
     def get_output_types(self) -> list[dict]:
         return [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]
 
-    async def predict(self, payload: InferRequest, headers=None, response_headers=None):
+    async def predict(self, payload: InferRequest, headers=None,  # noqa: ARG002
+                      response_headers=None):  # noqa: ARG002  (KServe's signature)
         x = payload.inputs[0].as_numpy()
         y = InferOutput(name="y", shape=list(x.shape), datatype="FP32")
         y.set_data_from_numpy((2 * x + 1).astype(np.float32), binary_data=False)
@@ -53,7 +54,8 @@ class Tagged(Model):
         return [{"name": "total", "datatype": "FP64", "shape": [-1]},
                 {"name": "label", "datatype": "BYTES", "shape": [-1]}]
 
-    async def predict(self, payload: InferRequest, headers=None, response_headers=None):
+    async def predict(self, payload: InferRequest, headers=None,  # noqa: ARG002
+                      response_headers=None):  # noqa: ARG002  (KServe's signature)
         x = payload.inputs[0].as_numpy()
         total = InferOutput(name="total", shape=[x.shape[0]], datatype="FP64")
         total.set_data_from_numpy(x.sum(axis=1).astype(np.float64), binary_data=False)

@@ -274,7 +274,7 @@ def _data_type(value: int) -> str:
     return model_config_pb2.DataType.Name(value)
 
 
-def card_section(model_dir: Path, targets: dict[str, Target]) -> str:
+def card_section(targets: dict[str, Target]) -> str:
     """The model card's "Config variants" section, between markers (rewritten in place)."""
     lines = [_CARD_BEGIN, "## Config variants", "",
              "`config.pbtxt` is tuned for the CPU (the embedded server and CPU-only clusters). "
@@ -325,7 +325,7 @@ def write_variants(model_dir: Path) -> list[Path]:
         path.write_text(variant_pbtxt(model_dir, target))
         written.append(path)
     if targets:
-        _update_card(model_dir / "model_card.md", card_section(model_dir, targets))
+        _update_card(model_dir / "model_card.md", card_section(targets))
     return written
 
 

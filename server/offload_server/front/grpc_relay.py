@@ -415,7 +415,8 @@ class Connection:
             return
         _, frames, fragments = self.client_block
         self.client_block = None
-        headers = self.decoder.decode(b"".join(fragments), raw=False)
+        headers = [(str(k), str(v))
+                   for k, v in self.decoder.decode(b"".join(fragments), raw=False)]
         end_stream = bool(frames[0][4] & END_STREAM)
         for piece in frames:  # always: Triton's HPACK table must see every block
             self.to_triton.relay(piece)
@@ -453,7 +454,7 @@ class Connection:
             self.admitted.discard(stream)
             self.config.admission.in_flight -= 1
 
-    def _check_data(self, call: _Call, data: bytes) -> Refusal | None:
+    def _check_data(self, call: _Call, data: bytes | memoryview) -> Refusal | None:
         limit = self.config.max_request_bytes
         position, size = 0, len(data)
         while position < size:
@@ -682,7 +683,7 @@ class _Side(asyncio.Protocol):
         if other is not None and not self.connection.closed:
             other.resume_reading()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         self.connection.close()
 
 
