@@ -57,21 +57,21 @@ time.sleep(600)
 
 def test_a_killed_owner_leaves_no_server_behind(small_repo):
     """A job that dies without stopping its server (kill -9) takes the server with it."""
-    owner = subprocess.Popen([sys.executable, "-c", _OWNER, str(small_repo)],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        triton_pid, front_pid = map(int, owner.stdout.readline().split())
-        assert group_alive(triton_pid)
-        owner.kill()
-        owner.wait()
-        deadline = time.monotonic() + 30
-        while (group_alive(triton_pid) or _alive(front_pid)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not group_alive(triton_pid)
-        assert not _alive(front_pid)
-    finally:
-        if owner.poll() is None:
+    with subprocess.Popen([sys.executable, "-c", _OWNER, str(small_repo)],
+                          stdout=subprocess.PIPE, text=True) as owner:
+        try:
+            triton_pid, front_pid = map(int, owner.stdout.readline().split())
+            assert group_alive(triton_pid)
             owner.kill()
+            owner.wait()
+            deadline = time.monotonic() + 30
+            while (group_alive(triton_pid) or _alive(front_pid)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not group_alive(triton_pid)
+            assert not _alive(front_pid)
+        finally:
+            if owner.poll() is None:
+                owner.kill()
 
 
 def _alive(pid: int) -> bool:
@@ -147,8 +147,9 @@ class ServeProcess:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
+        with self.process.stdout as output:  # closed at its end, by its only reader
+            for line in output:
+                self.lines.put(line)
 
     def wait_for(self, pattern: str, timeout: float = 180) -> re.Match:
         deadline = time.monotonic() + timeout

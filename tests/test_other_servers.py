@@ -25,16 +25,15 @@ def kserve_url() -> Iterator[str]:
     # which would clash with tritonclient's in this process. (A dev dependency: if it is
     # missing, the suite's setup is broken, and this says so.)
     assert importlib.util.find_spec("kserve"), "kserve is not installed: pip install -e '.[dev]'"
-    process = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert process.stdout is not None
-        port = process.stdout.readline().strip()
-        assert port.isdigit(), f"the KServe server did not start ({port!r})"
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.kill()
-        process.wait()
+    with subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as process:
+        try:
+            assert process.stdout is not None
+            port = process.stdout.readline().strip()
+            assert port.isdigit(), f"the KServe server did not start ({port!r})"
+            yield f"127.0.0.1:{port}"
+        finally:
+            process.kill()
 
 
 def test_metadata_only_model_and_typed_contents(kserve_url):

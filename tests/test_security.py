@@ -440,26 +440,26 @@ time.sleep(600)
 
 def test_regions_of_a_killed_client_are_unregistered(open_server):
     before = set(_regions(open_server))
-    dying = subprocess.Popen([sys.executable, "-c", _DYING_CLIENT, open_server.grpc_url],
-                             stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "OFFLOAD_TOKEN": open_server.token})
-    try:
-        assert dying.stdout.readline().strip() == "registered"
-        mine = {n: k for n, k in _regions(open_server).items()
-                if n.startswith(f"offload-{dying.pid}-")}
-        assert mine
-        assert not set(mine) & before
-        dying.send_signal(signal.SIGKILL)
-        dying.wait()
-        deadline = time.monotonic() + 30
-        while set(mine) & set(_regions(open_server)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not set(mine) & set(_regions(open_server))
-        for key in mine.values():
-            assert not (Path("/dev/shm") / key.lstrip("/")).exists()
-    finally:
-        if dying.poll() is None:
-            dying.kill()
+    with subprocess.Popen([sys.executable, "-c", _DYING_CLIENT, open_server.grpc_url],
+                          stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "OFFLOAD_TOKEN": open_server.token}) as dying:
+        try:
+            assert dying.stdout.readline().strip() == "registered"
+            mine = {n: k for n, k in _regions(open_server).items()
+                    if n.startswith(f"offload-{dying.pid}-")}
+            assert mine
+            assert not set(mine) & before
+            dying.send_signal(signal.SIGKILL)
+            dying.wait()
+            deadline = time.monotonic() + 30
+            while set(mine) & set(_regions(open_server)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not set(mine) & set(_regions(open_server))
+            for key in mine.values():
+                assert not (Path("/dev/shm") / key.lstrip("/")).exists()
+        finally:
+            if dying.poll() is None:
+                dying.kill()
 
 
 # ------------------------------------------------------------ request sizes

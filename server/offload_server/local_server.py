@@ -508,8 +508,9 @@ class LocalServer:
         assert self._process is not None
         assert self._process.stdout is not None
         assert self._log_file is not None
-        with self._log_file.open("w", encoding="utf-8") as sink:
-            for raw in self._process.stdout:
+        # The pipe is closed here, at its end, by the only thread that reads it.
+        with self._process.stdout as output, self._log_file.open("w", encoding="utf-8") as sink:
+            for raw in output:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 sink.write(line + "\n")
                 sink.flush()
