@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from helpers import closed_address
 
 import offload
 from offload.physics import jets as pj
@@ -322,12 +322,6 @@ def test_apply_on_two_dask_workers_equals_serial(jet_server, sample, reference, 
     assert_matches([parallel / "a.root", parallel / "b.root"], sample, reference)
 
 
-def _closed_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
-
-
 def test_bad_input_fails_clearly_and_leaves_no_output(jet_server, sample, tmp_path):
     server = jet_server.grpc_url
     good = str(sample["files"][0])
@@ -369,7 +363,7 @@ def test_bad_input_fails_clearly_and_leaves_no_output(jet_server, sample, tmp_pa
     assert read_output_tree(tmp_path / "t" / "other_tree.root", "Jets") == len(
         pfnano.gather(pfnano_events(per_jet, jets)).jets_per_event)
     started = time.monotonic()
-    closed = _closed_port()
+    closed = closed_address()
     result = run_apply(good, "--server", closed, "--output", str(tmp_path / "u"),
                        "--timeout", "5")
     assert result.returncode == 1

@@ -42,11 +42,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory):
-    return tm.export_onnx_mlp(tmp_path_factory.mktemp("bad-input-reference"), "mlp")
-
-
-@pytest.fixture(scope="module")
 def server(repo):
     with LocalServer(repo) as running:
         yield running

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import tiny_models as tm
-from conftest import group_alive
+from helpers import group_alive
 
 from offload import ServerStartError
 from offload_server import LocalServer

@@ -4,7 +4,6 @@ data types, every kind of bad input, unreachable and slow servers, credentials."
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
+from helpers import closed_address
 
 import offload
 from offload_server import LocalServer, ServerTLS
@@ -35,11 +35,6 @@ def server(repo: Path):
         yield running
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory):
-    return tm.export_onnx_mlp(tmp_path_factory.mktemp("reference"), "mlp")
-
-
 @pytest.fixture
 def client(server: LocalServer):
     with offload.Client(server.grpc_url, timeout=30) as connected:
@@ -48,12 +43,6 @@ def client(server: LocalServer):
 
 def _x(rows: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, tm.N_FEATURES)).astype(np.float32)
-
-
-def _closed_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 # ------------------------------------------------------------------ results
@@ -264,7 +253,7 @@ def test_message_over_the_limit_is_refused_locally(server):
 # ------------------------------------------------------------------ servers
 def test_unreachable_server_raises_after_retries():
     started = time.monotonic()
-    with offload.Client(_closed_port(), retries=2, timeout=10,
+    with offload.Client(closed_address(), retries=2, timeout=10,
                         backoff=offload.Backoff(base=0.01)) as client, \
             pytest.raises(offload.ServerUnavailableError, match="unavailable"):
         client.model("mlp")
@@ -285,7 +274,7 @@ def test_no_server_given():
 
 
 def test_servers_from_environment(server, monkeypatch):
-    monkeypatch.setenv("OFFLOAD_SERVERS", f"{_closed_port()}, {server.grpc_url}")
+    monkeypatch.setenv("OFFLOAD_SERVERS", f"{closed_address()}, {server.grpc_url}")
     with offload.Client(backoff=offload.Backoff(base=0.01)) as client:
         assert len(client.servers) == 2
         assert client.model("mlp").infer(x=_x(2))["y"].shape == (2, tm.N_OUT)
@@ -309,7 +298,7 @@ def test_restricted_protocol_header(repo):
 
 
 def test_local_fallback_starts_and_stops_an_embedded_server(repo):
-    with offload.Client(_closed_port(), fallback="local", repository=str(repo), retries=1,
+    with offload.Client(closed_address(), fallback="local", repository=str(repo), retries=1,
                         backoff=offload.Backoff(base=0.01), timeout=120) as client:
         y = client.model("mlp").infer(x=_x(3))["y"]
         assert y.shape == (3, tm.N_OUT)
@@ -445,7 +434,7 @@ def test_bf16_and_bytes_encodings():
 
 
 def test_health_probe(server):
-    dead = _closed_port()
+    dead = closed_address()
     with offload.Client([server.grpc_url, dead]) as client:
         assert client.health(timeout=2) == {server.grpc_url: True, dead: False}
         assert client.ready()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
+from helpers import free_port
 
 import offload
 from offload_server import LocalServer
@@ -29,17 +29,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("faults-repo")
     tm.export_onnx_mlp(repo, "mlp", extra="dynamic_batching { max_queue_delay_microseconds: 500 }")
     return repo
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory):
-    return tm.export_onnx_mlp(tmp_path_factory.mktemp("faults-reference"), "mlp")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_ledger(model: offload.Model, n_requests: int, *, in_flight: int = 8,
@@ -72,7 +61,7 @@ def run_ledger(model: offload.Model, n_requests: int, *, in_flight: int = 8,
 
 @pytest.mark.slow
 def test_kill_9_and_restart_on_the_same_port_loses_nothing(repo, reference):
-    port = _free_port()
+    port = free_port()
     first = LocalServer(repo, grpc_port=port).start()
     replacement: list[LocalServer] = []
 

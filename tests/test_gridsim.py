@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import closed_address
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("jet_tagger", "jet_energy_regression")
@@ -92,9 +92,7 @@ def test_gridsim_reports_the_jobs_cpu_and_batches_across_events(jet_server, tmp_
 
 
 def test_gridsim_unreachable_server_fails_clearly(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    closed = closed_address()
     started = time.monotonic()
     result = _gridsim("--server", closed, "--modes", "offloaded", "--workers", "1",
                       "--timeout", "3", "--output", str(tmp_path), timeout=120)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import pickle
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
+from helpers import free_port
 
 import offload
 from offload_server import LocalServer
@@ -30,11 +30,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "onnxruntime", "x", "y", max_batch_size=64,
         extra="dynamic_batching { max_queue_delay_microseconds: 500 }"))
     return repo
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory):
-    return tm.export_onnx_mlp(tmp_path_factory.mktemp("job-patterns-reference"), "mlp")
 
 
 @pytest.fixture(scope="module")
@@ -178,17 +173,11 @@ def test_clients_dropped_without_close_free_their_threads_and_descriptors(server
 
 
 # ------------------------------------------------------------------ restarts
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_living_client_sees_its_server_back_within_seconds(repo, reference, record_property):
     """A 30 s outage (long enough for gRPC's default reconnect backoff to reach ~17 s):
     the client's first success comes within a few seconds of the server's return."""
-    port = _free_port()
+    port = free_port()
     x = _x(2, 0.7)
     first = LocalServer(repo, grpc_port=port).start()
     client = offload.Client(first.grpc_url, timeout=2, retries=1,

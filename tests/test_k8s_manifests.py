@@ -19,7 +19,6 @@ import os
 import posixpath
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import free_port
 from tritonclient.grpc import service_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1202,12 +1202,6 @@ class Metrics:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

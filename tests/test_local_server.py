@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import os
-import queue
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import tiny_models as tm
 import tritonclient.grpc as grpcclient
-from conftest import group_alive, stop_group
+from helpers import FREE_PORTS, OFFLOAD, ROOT, ServeProcess, group_alive, stop_group
 from tritonclient.utils import InferenceServerException
 
 from offload import PortInUseError
 from offload_server import LocalServer
-
-ROOT = Path(__file__).resolve().parent.parent
-OFFLOAD = [sys.executable, "-m", "offload.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -130,48 +124,6 @@ def test_import_offload_stays_thin():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == "[]"
-
-
-class ServeProcess:
-    """`offload serve` in a subprocess, its output read line by line without blocking."""
-
-    def __init__(self, *args: str, command: list[str] | None = None) -> None:
-        # Its own session, so that a test can signal the whole group as a terminal's Ctrl-C
-        # would.
-        self.process = subprocess.Popen(command or [*OFFLOAD, "serve", *args], cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        with self.process.stdout as output:  # closed at its end, by its only reader
-            for line in output:
-                self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float = 180) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            if match := re.search(pattern, line):
-                return match
-        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.seen)}")
-
-    def output(self) -> str:
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return "".join(self.seen)
-
-
-FREE_PORTS = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import closed_address
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,11 +100,7 @@ def test_offload_perf_bad_targets(sweep_server, tmp_path):
                      "--output", str(tmp_path))
     assert too_big.returncode == 1
     assert "exceed model 'mlp''s max_batch_size 1024" in too_big.stderr
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    closed = closed_address()
     dead = _sweep("mlp", "--server", closed, "--timeout", "5", "--output", str(tmp_path))
     assert dead.returncode == 1
     assert "unavailable" in dead.stderr

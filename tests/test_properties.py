@@ -13,7 +13,6 @@ import struct
 import numpy as np
 import pytest
 import tiny_models as tm
-from conftest import DTYPE_MODELS, MLPS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -223,11 +222,11 @@ def test_truncated_bytes_output_is_a_protocol_error():
 
 
 # ------------------------------------------------------------------ the CPU backends
-@pytest.mark.parametrize("backend", sorted(DTYPE_MODELS))
+@pytest.mark.parametrize("backend", sorted(tm.DTYPE_MODELS))
 def test_served_dtype_models_match_numpy_for_any_values_and_batch(server, backend):
     """Over real gRPC, for any batch size (1-40; the model takes 16, so larger ones are
     split) and any values of five types, each backend computes what numpy does."""
-    name = DTYPE_MODELS[backend][0]
+    name = tm.DTYPE_MODELS[backend][0]
     # TensorFlow flushes subnormal floats to zero in arithmetic (as on GPUs), so a*2 is
     # checked on normal numbers; every other value, identity b included, is free.
     finite32 = {"allow_nan": False, "allow_infinity": False, "width": 32,
@@ -259,7 +258,7 @@ def test_runner_gives_the_same_rows_merged_or_alone(tmp_path_factory, backend):
     from offload_server.backends import load_in_process
 
     repo = tmp_path_factory.mktemp(f"merge-{backend}")
-    name, export, input_name, output_name = MLPS[backend]
+    name, export, input_name, output_name = tm.MLPS[backend]
     export(repo, name)
     runner = load_in_process(repo / name)
 

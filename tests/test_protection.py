@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
-from conftest import stop_group
-from test_local_server import FREE_PORTS, ServeProcess
+from helpers import FREE_PORTS, ServeProcess, stop_group
 
 import offload
 from offload_server import LocalServer, ServerTLS

@@ -33,6 +33,7 @@ import h2.settings
 import numpy as np
 import pytest
 import tiny_models as tm
+from helpers import free_port
 from ledger import StreamingClient
 
 import offload
@@ -50,11 +51,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tm.export_onnx_mlp(repo, "mlp")
     tm.export_echo(repo, "echo_fp32", "TYPE_FP32", dims=(-1,))
     return repo
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory):
-    return tm.export_onnx_mlp(tmp_path_factory.mktemp("security-reference"), "mlp")
 
 
 @pytest.fixture(scope="module")
@@ -408,7 +404,7 @@ def test_shared_memory_hijack_is_refused_and_a_victim_recovers(open_server, refe
 
 
 def test_a_restarted_server_gets_the_regions_again_or_says_why_not(repo, reference):
-    port = _free_port()
+    port = free_port()
     x = np.full((3, tm.N_FEATURES), 0.5, np.float32)
     first = LocalServer(repo, models=["mlp"], grpc_port=port, token=SECRET).start()
     try:
@@ -530,7 +526,7 @@ def test_malformed_http2_is_refused_per_connection_and_the_server_stays_up(open_
 # ------------------------------------------------------------- local fallback
 def test_the_fallback_server_holds_its_secret(repo, reference):
     x = np.full((2, tm.N_FEATURES), 0.1, np.float32)
-    with offload.Client(f"127.0.0.1:{_free_port()}", fallback="local", repository=str(repo),
+    with offload.Client(f"127.0.0.1:{free_port()}", fallback="local", repository=str(repo),
                         retries=1, timeout=120) as client:
         np.testing.assert_allclose(client.model("mlp").infer(x=x)["y"], reference(x)["y"],
                                    rtol=1e-5)
@@ -542,12 +538,6 @@ def test_the_fallback_server_holds_its_secret(repo, reference):
         assert _refusal(rpc(local.grpc_url, "RepositoryModelLoad",
                             pb.RepositoryModelLoadRequest(model_name="echo_fp32"))) \
             == grpc.StatusCode.UNAUTHENTICATED
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _varint(value: int) -> bytes:

@@ -10,14 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -62,7 +57,7 @@ def test_soak_smoke_run_samples_memory_latency_and_stops_everything(tmp_path):
 def test_soak_refuses_an_unreachable_server(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "offload_perf.soak", "--duration", "5", "--rate", "5",
-         "--host", f"127.0.0.1:{_free_port()}", "--output", str(tmp_path / "soak")],
+         "--host", f"127.0.0.1:{free_port()}", "--output", str(tmp_path / "soak")],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "no ready server" in result.stderr
