@@ -1,4 +1,4 @@
-"""The locustfile (perf/locustfile.py) against a real embedded server, headless, a few
+"""The locustfile (k8s/locust/locustfile.py) against a real embedded server, headless, a few
 seconds; `make load`'s wrapper; and the Kubernetes manifest that runs locust in a cluster."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "k8s" / "locust" / "locustfile.py"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def tagger_server():
 
 
 def _locust(host: str, prefix: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "locust", "-f", "perf/locustfile.py", "--headless",
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                "--host", host, "-u", "2", "-r", "2", "-t", "3s", "--csv", str(prefix),
                "--exit-code-on-error", "3", "--stop-timeout", "5", "--only-summary", *extra]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -59,7 +60,7 @@ def test_locust_unknown_model_is_a_failure_and_a_nonzero_exit(tagger_server, tmp
     # the address from the environment variable this time (no --host)
     monkeypatch.setenv("OFFLOAD_SERVERS", tagger_server.grpc_url)
     monkeypatch.setenv("OFFLOAD_LOAD_MODELS", "jet_tagger,no_such_model")
-    command = [sys.executable, "-m", "locust", "-f", "perf/locustfile.py", "--headless",
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                "-u", "1", "-r", "1", "-t", "2s", "--csv", str(prefix),
                "--exit-code-on-error", "3", "--stop-timeout", "5", "--only-summary"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -71,6 +72,16 @@ def test_locust_unknown_model_is_a_failure_and_a_nonzero_exit(tagger_server, tmp
     with Path(f"{prefix}_failures.csv").open(newline="") as handle:
         errors = " ".join(row["Error"] for row in csv.DictReader(handle))
     assert "no_such_model" in errors
+
+
+def test_the_wrapper_runs_the_one_locustfile_of_the_package():
+    from offload_perf import load
+
+    assert load.locustfile() == LOCUSTFILE  # offload_deploy's package data (k8s/ here)
+    assert not (ROOT / "perf" / "locustfile.py").exists()  # no second copy to drift
+    printed = subprocess.run([sys.executable, "-m", "offload_perf.load", "--locustfile"],
+                             capture_output=True, text=True, timeout=60, check=True)
+    assert Path(printed.stdout.strip()) == LOCUSTFILE
 
 
 def test_make_load_wrapper_against_a_running_server(tagger_server, tmp_path):
@@ -130,8 +141,8 @@ def test_locust_kubernetes_manifest_renders_and_validates():
         kubernetes_validate.validate(document, "1.30", strict=True)
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in documents}
     config_map = next(d for d in documents if d["kind"] == "ConfigMap")
-    # the locustfile travels as the repository's own file
-    assert config_map["data"]["locustfile.py"] == (ROOT / "perf" / "locustfile.py").read_text()
+    # the locustfile travels as the repository's own file, the one `make load` runs
+    assert config_map["data"]["locustfile.py"] == LOCUSTFILE.read_text()
     master = by_name["Deployment", "locust-master"]["spec"]["template"]["spec"]
     worker = by_name["Deployment", "locust-worker"]["spec"]["template"]["spec"]
     for pod in (master, worker):

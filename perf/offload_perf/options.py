@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+# Relative to the current directory (a checkout's root, where the make targets run; an
+# installed offload writes there too): every tool's --output default lies under it.
+RESULTS = Path("perf") / "results"
 
 
 def repository_parser(description: str) -> argparse.ArgumentParser:

@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = argparse.Namespace(
             users=args.users, spawn_rate=float(args.users), run_time=f"{int(args.duration)}s",
             models=args.models, shape="constant", batch=args.batch, loglevel=args.loglevel,
+            repository=args.repository,
             locust_args=["--rate", f"{args.rate:g}", "--csv-full-history"])
         command = locust_command(host, settings, prefix)
         console.print("$ locust " + " ".join(command[3:]), highlight=False)
