@@ -60,12 +60,14 @@ def stop_group(pgid: int) -> None:
 class ServeProcess:
     """`offload serve` in a subprocess, its output read line by line without blocking."""
 
-    def __init__(self, *args: str, command: list[str] | None = None) -> None:
+    def __init__(self, *args: str, command: list[str] | None = None, cwd: Path = ROOT,
+                 env: dict[str, str] | None = None) -> None:
         # Its own session, so that a test can signal the whole group as a terminal's Ctrl-C
         # would.
-        self.process = subprocess.Popen(command or [*OFFLOAD, "serve", *args], cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
+        self.process = subprocess.Popen(command or [*OFFLOAD, "serve", *args], cwd=cwd,
+                                        env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

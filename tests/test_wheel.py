@@ -15,28 +15,22 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
-import threading
-import time
 import venv
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import group_alive, stop_group
+from helpers import FREE_PORTS, ROOT, ServeProcess, group_alive, stop_group
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("offload", "offload_server", "offload_perf", "offload_training", "offload_deploy")
-FREE_PORTS = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
 # Only what the build reads: the checkout's data (models, results, tests) stays behind.
 NOT_BUILT = ("model_repository/", "tests/", "examples/", "perf/results/")
 
@@ -67,15 +61,17 @@ def _source_files() -> list[str]:
 
 
 def _dependency_paths() -> list[str]:
-    """This interpreter's import path less the standard library and the checkout: the
-    site-packages folders that hold offload's dependencies."""
+    """This interpreter's import path less the standard library and the checkout's sources:
+    the site-packages folders that hold offload's dependencies (a virtual environment
+    inside the checkout, such as make's .venv, included)."""
     stdlib = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib")}
     paths = []
     for entry in sys.path:
         if not entry or not Path(entry).is_dir():
             continue
         path = Path(entry).resolve()
-        if path == ROOT or ROOT in path.parents or any(
+        in_sources = (path == ROOT or ROOT in path.parents) and "site-packages" not in path.parts
+        if in_sources or any(
                 path == lib or lib in path.parents for lib in stdlib):
             continue
         if str(path) not in paths:
@@ -168,42 +164,11 @@ def test_installed_deploy_dry_run_from_an_empty_folder(installed, tmp_path):
     assert str(installed.venv) in undeployable.stderr  # it looked where it is installed
 
 
-class _Serve:
-    """The installed `offload serve`, its output read line by line without blocking."""
-
-    def __init__(self, installed: Installed, repository: Path) -> None:
-        self.process = subprocess.Popen(
-            [str(installed.offload), "serve", "--model-repository", str(repository),
-             *FREE_PORTS], cwd=installed.empty, env=installed.env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        with self.process.stdout as output:
-            for line in output:
-                self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float = 240) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            if match := re.search(pattern, line):
-                return match
-        raise AssertionError(f"no line matching {pattern!r}; output:\n{self.output()}")
-
-    def output(self) -> str:
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return "".join(self.seen)
+def _serve(installed: Installed, repository: Path) -> ServeProcess:
+    """The installed `offload serve`, run from the empty folder."""
+    return ServeProcess(command=[str(installed.offload), "serve", "--model-repository",
+                                 str(repository), *FREE_PORTS],
+                        cwd=installed.empty, env=installed.env)
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -222,10 +187,10 @@ def test_installed_serve_perf_and_gridsim_from_an_empty_folder(installed, tmp_pa
     repository = tmp_path / "models"
     shutil.copytree(ROOT / "model_repository" / "jet_tagger", repository / "jet_tagger",
                     ignore=shutil.ignore_patterns("*.png", "*.md"))
-    serve = _Serve(installed, repository)
+    serve = _serve(installed, repository)
     triton_pid = None
     try:
-        triton_pid = int(serve.wait_for(r"tritonserver ready \(pid (\d+)").group(1))
+        triton_pid = int(serve.wait_for(r"tritonserver ready \(pid (\d+)", timeout=240).group(1))
         grpc_url = serve.wait_for(r"gRPC\s+(\S+)").group(1)
         assert grpc_url.startswith("127.0.0.1:")
         serve.wait_for(r"jet_tagger .*READY", timeout=60)
