@@ -27,12 +27,14 @@ def variants(repository: Path, models: list[str], target: Path) -> None:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
+    from offload_server.errors import ModelRepositoryError
+
     for name in models:
         source = repository / name
         config = text_format.Parse((source / "config.pbtxt").read_text(),
                                    model_config_pb2.ModelConfig())
         if not config.HasField("dynamic_batching"):
-            raise offload.ModelRepositoryError(
+            raise ModelRepositoryError(
                 f"model '{name}' has no dynamic_batching block: nothing to compare")
         shutil.copytree(source, target / name)
         plain = target / f"{name}_nobatch"

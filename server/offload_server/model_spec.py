@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from offload.errors import ModelRepositoryError
+from offload_server.errors import ModelRepositoryError
 
 #: Triton data types that the CPU backends carry, with their numpy equivalents.
 #: (TYPE_BF16 has no numpy dtype; TYPE_STRING is not used by the physics models.)
