@@ -105,8 +105,7 @@ def variant_copy(source: Path, target: Path, instances: int | None,
                  queue_policy: tuple[int, int] | tuple[()] | None) -> None:
     """The model's folder (config, artifact) under another name, its instance count and
     queue policy replaced as asked (kind unchanged)."""
-    from google.protobuf import text_format
-
+    from offload_server import model_config
     from offload_server.model_spec import read_config
 
     config = read_config(source)
@@ -126,7 +125,7 @@ def variant_copy(source: Path, target: Path, instances: int | None,
             policy.allow_timeout_override = True
     config.name = target.name
     _copy_model(source, target)
-    (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+    model_config.write(target / "config.pbtxt", config)
 
 
 def _copy_model(source: Path, target: Path) -> None:
