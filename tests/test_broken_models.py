@@ -10,8 +10,8 @@ import pytest
 import tiny_models as tm
 from helpers import group_alive
 
-from offload import ServerStartError
 from offload_server import LocalServer
+from offload_server.errors import ServerStartError
 from offload_server.repo_check import check_repository
 
 

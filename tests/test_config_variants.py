@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tiny_models as tm
 
-from offload.errors import ServerStartError
+from offload_server.errors import ServerStartError
 from offload_server.model_spec import config_variants, read_config
 from offload_server.repo_check import check_repository
 from offload_training import targets

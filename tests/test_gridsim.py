@@ -1,4 +1,4 @@
-"""The grid-job simulator (perf/offload_perf/gridsim.py) runs end to end, tiny settings."""
+"""The grid-job simulator (perf/offload_perf/gridsim/) runs end to end, tiny settings."""
 
 from __future__ import annotations
 
@@ -103,11 +103,55 @@ def test_gridsim_unreachable_server_fails_clearly(tmp_path):
     assert not (tmp_path / "gridsim.json").exists()  # nothing was measured
 
 
-def test_gridsim_unknown_model_fails_clearly(tmp_path):
+def test_gridsim_unknown_model_is_a_usage_error(tmp_path):
     result = _gridsim("--models", "jet_tagger,nope", "--output", str(tmp_path), timeout=60)
-    assert result.returncode == 1
-    assert "unknown model(s) ['nope']" in result.stderr
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert "argument --models: unknown model(s) ['nope']" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--workers", "1,x"), "argument --workers: comma-separated integers are needed"),
+    (("--workers", "0,2"), "argument --workers: counts >= 1 are needed"),
+    (("--modes", "offloaded,sideways"), "argument --modes: unknown mode(s) ['sideways']"),
+    (("--cpu-ms", "-1"), "argument --cpu-ms: a number >= 0 is needed"),
+    (("--block", "0"), "argument --block: an integer >= 1 is needed"),
+    (("--lag", "-1"), "argument --lag: an integer >= 0 is needed"),
+    (("--duration", "0"), "argument --duration: a number > 0 is needed"),
+])
+def test_gridsim_bad_arguments_are_usage_errors(args, message, tmp_path):
+    """Both entry points: argparse's usage and exit code 2, before anything starts."""
+    for command in ([sys.executable, "-m", "offload_perf.gridsim"],
+                    [sys.executable, "-m", "offload.cli", "gridsim"]):
+        result = subprocess.run([*command, *args, "--output", str(tmp_path)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "usage:" in result.stderr
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_gridsim_model_missing_from_the_repository_fails_clearly(tmp_path):
+    result = _gridsim("--repository", str(tmp_path), "--models", "jet_tagger",
+                      "--output", str(tmp_path / "out"), timeout=60)
+    assert result.returncode == 1
+    assert "model 'jet_tagger' is not in the repository" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gridsim_package_keeps_its_public_names():
+    """The split package (one idea a module) still offers what its single module did."""
+    from offload_perf import gridsim
+
+    for name in ("main", "run", "add_arguments", "EventLoop", "Workers", "GridSimError",
+                 "busy_work", "summarise", "saturation", "ratios", "plot",
+                 "process_group_cpu", "MODELS", "MODES", "OFFLOADED"):
+        assert hasattr(gridsim, name), name
+    rows = [{"workers": k, "mode": "offloaded", "queue_us_per_request": q}
+            for k, q in ((1, 50.0), (2, 90.0), (4, 400.0))]
+    assert gridsim.saturation(rows)["sustained_workers"] == 2
 
 
 def test_gridsim_is_an_offload_subcommand():

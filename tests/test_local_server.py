@@ -16,8 +16,8 @@ import tritonclient.grpc as grpcclient
 from helpers import FREE_PORTS, OFFLOAD, ROOT, ServeProcess, group_alive, stop_group
 from tritonclient.utils import InferenceServerException
 
-from offload import PortInUseError
 from offload_server import LocalServer
+from offload_server.errors import PortInUseError
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_port_in_use_is_refused_before_starting(small_repo):
 
 
 def test_missing_repository_is_a_clear_error(tmp_path):
-    from offload import ModelRepositoryError
+    from offload_server.errors import ModelRepositoryError
 
     with pytest.raises(ModelRepositoryError, match="does not exist"):
         LocalServer(tmp_path / "nowhere").start()
@@ -124,6 +124,22 @@ def test_import_offload_stays_thin():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_server_errors_live_with_the_server():
+    """Errors only the server side raises are offload_server's, still OffloadErrors; the
+    thin client does not carry them."""
+    import offload
+    import offload.errors
+    from offload_server import errors
+
+    for name in ("ServerError", "TritonNotInstalledError", "PortInUseError",
+                 "ServerStartError", "ModelRepositoryError"):
+        assert issubclass(getattr(errors, name), offload.OffloadError), name
+        assert not hasattr(offload, name), name
+        assert not hasattr(offload.errors, name), name
+    assert issubclass(errors.ServerStartError, errors.ServerError)
+    assert errors.ModelRepositoryError("bad", ["a", "b"]).problems == ["a", "b"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

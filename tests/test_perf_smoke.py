@@ -96,14 +96,60 @@ def test_offload_perf_bad_targets(sweep_server, tmp_path):
     unknown = _sweep("nope", "--server", sweep_server.grpc_url, "--output", str(tmp_path))
     assert unknown.returncode == 1
     assert "model 'nope'" in unknown.stderr
+    # Arguments the model refuses are usage errors (argparse: usage, exit code 2), found
+    # once the server has described the model.
     too_big = _sweep("mlp", "--server", sweep_server.grpc_url, "--batch", "5000",
                      "--output", str(tmp_path))
-    assert too_big.returncode == 1
-    assert "exceed model 'mlp''s max_batch_size 1024" in too_big.stderr
+    assert too_big.returncode == 2
+    assert "usage: offload perf" in too_big.stderr
+    assert "argument --batch: batch size(s) [5000] exceed model 'mlp''s max_batch_size 1024" \
+        in too_big.stderr
+    import numpy as np
+
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, y=np.zeros((4, 4), np.float32))
+    no_inputs = _sweep("mlp", "--server", sweep_server.grpc_url, "--input-data", str(wrong),
+                       "--output", str(tmp_path))
+    assert no_inputs.returncode == 2
+    assert f"argument --input-data: {wrong} lacks input(s) x of model 'mlp'" in no_inputs.stderr
+    assert "Traceback" not in too_big.stderr + no_inputs.stderr
+    assert not (tmp_path / "mlp.csv").exists()  # nothing was measured
     closed = closed_address()
     dead = _sweep("mlp", "--server", closed, "--timeout", "5", "--output", str(tmp_path))
     assert dead.returncode == 1
     assert "unavailable" in dead.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--concurrency", "0"), "argument --concurrency: an integer >= 1 is needed, got '0'"),
+    (("--batch", "two"), "argument --batch: an integer >= 1 is needed, got 'two'"),
+    (("--window", "0"), "argument --window: a number > 0 is needed, got '0'"),
+    (("--max-trials", "0"), "argument --max-trials: an integer >= 1 is needed, got '0'"),
+])
+def test_offload_perf_bad_arguments_are_usage_errors(args, message, tmp_path):
+    result = _sweep("mlp", "--server", "127.0.0.1:1", *args, "--output", str(tmp_path))
+    assert result.returncode == 2
+    assert "usage: offload perf" in result.stderr
+    assert message in result.stderr
+
+
+def test_overlap_bad_arguments_are_usage_errors(tmp_path):
+    def overlap(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "offload_perf.overlap", *args,
+                               "--output", str(tmp_path / "out")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    trials = overlap("--trials", "0")
+    unknown = overlap("--model", "nope")
+    nowhere = overlap("--repository", str(tmp_path / "none"))
+    for result in (trials, unknown, nowhere):
+        assert result.returncode == 2, result.stderr
+        assert "usage:" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert "argument --trials: an integer >= 1 is needed, got '0'" in trials.stderr
+    assert "argument --model: model(s) nope not in the repository" in unknown.stderr
+    assert f"argument --repository: no folder {tmp_path / 'none'}" in nowhere.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_dynamic_batching_comparison_smoke(tmp_path):

@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 import tiny_models as tm
 
-from offload.errors import ModelRepositoryError
 from offload_server.backends.onnx_runner import OnnxRunner
 from offload_server.backends.torchscript_runner import TorchScriptRunner
+from offload_server.errors import ModelRepositoryError
 from offload_server.model_spec import spec_from_folder
 
 

@@ -64,6 +64,20 @@ def test_soak_refuses_an_unreachable_server(tmp_path):
     assert not (tmp_path / "soak" / "soak.json").exists()
 
 
+def test_soak_bad_arguments_are_usage_errors(tmp_path):
+    for args, message in ((("--duration", "0"), "argument --duration: a number > 0"),
+                          (("--rate", "-5"), "argument --rate: a number > 0"),
+                          (("--users", "0"), "argument --users: an integer >= 1")):
+        result = subprocess.run(
+            [sys.executable, "-m", "offload_perf.soak", *args,
+             "--output", str(tmp_path / "soak")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "usage:" in result.stderr
+        assert message in result.stderr
+    assert not (tmp_path / "soak").exists()
+
+
 def test_memory_fit_flags_growth_and_tolerates_noise():
     from offload_perf.soak import fitted_growth
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import offload
-from offload_perf.options import RESULTS, machine, models_of
+from offload_perf.options import RESULTS, machine, models_of, positive_int
 
 #: Idle time (slowest round trip minus the trial's compute per instance) above this met the
 #: batcher's 500 ms sleep: nothing else keeps an idle server from work this long.
@@ -105,8 +105,7 @@ def variant_copy(source: Path, target: Path, instances: int | None,
                  queue_policy: tuple[int, int] | tuple[()] | None) -> None:
     """The model's folder (config, artifact) under another name, its instance count and
     queue policy replaced as asked (kind unchanged)."""
-    from google.protobuf import text_format
-
+    from offload_server import model_config
     from offload_server.model_spec import read_config
 
     config = read_config(source)
@@ -126,7 +125,7 @@ def variant_copy(source: Path, target: Path, instances: int | None,
             policy.allow_timeout_override = True
     config.name = target.name
     _copy_model(source, target)
-    (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+    model_config.write(target / "config.pbtxt", config)
 
 
 def _copy_model(source: Path, target: Path) -> None:
@@ -217,20 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--model", action="append", help="default: every model")
-    parser.add_argument("--trials", type=int, default=30, help="trials per pattern")
+    parser.add_argument("--trials", type=positive_int, default=30, help="trials per pattern")
     parser.add_argument("--patterns", nargs="+", default=list(PATTERNS),
                         choices=list(PATTERNS))
     parser.add_argument("--committed-only", action="store_true",
                         help="measure only the configurations as committed")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.trials < 1:
-        parser.error("--trials must be at least 1")
+    if not args.repository.is_dir():
+        parser.error(f"argument --repository: no folder {args.repository}")
     models = models_of(args.repository, args.model)
     missing = [m for m in models if not (args.repository / m / "config.pbtxt").is_file()]
     if missing:
-        raise offload.ModelNotFoundError(
-            f"model(s) {', '.join(missing)} not in the repository {args.repository}")
+        parser.error(f"argument --model: model(s) {', '.join(missing)} not in the repository "
+                     f"{args.repository}")
     rows: list[Row] = []
     record = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python -m offload_perf.overlap", *(argv or sys.argv[1:])]),

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.errors import ModelRepositoryError, PortInUseError, ServerStartError
+from offload_server.errors import ModelRepositoryError, PortInUseError, ServerStartError
 from offload_server.triton_install import assemble_backends, find_triton
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class LocalServer:
     on `http_host` / `metrics_host` (127.0.0.1 unless given). Without `models`, every model
     of the repository is loaded (control mode `none`); with `models`, only those (mode
     `explicit`). `start()` returns once the server and every requested model are ready, or
-    raises :class:`~offload.ServerStartError` carrying Triton's own error lines.
+    raises :class:`~offload_server.errors.ServerStartError` carrying Triton's own error lines.
     """
 
     def __init__(

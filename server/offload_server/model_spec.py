@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from offload import dtypes
-from offload.errors import ModelRepositoryError
+from offload_server.errors import ModelRepositoryError
 
 #: Triton data types that the CPU backends carry, with their numpy equivalents: the
 #: client's table in the model config's spelling. (TYPE_BF16 has no numpy dtype of its own

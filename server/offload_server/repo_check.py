@@ -17,10 +17,11 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
 
-from offload.errors import ModelRepositoryError, OffloadError
+from offload.errors import OffloadError
 from offload_server.backends import LOADERS
 from offload_server.backends import parameters as backend_parameters
 from offload_server.backends.triton_model import load_checked
+from offload_server.errors import ModelRepositoryError
 from offload_server.model_spec import (
     DEFAULT_ARTIFACT,
     VARIANTS_FOLDER,

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
+from offload_server import model_config
+
 
 @dataclass(frozen=True)
 class Tensor:
     name: str
     data_type: str  # Triton's, e.g. "TYPE_FP32"
     dims: Sequence[int]  # without the batch dimension
-
-    def pbtxt(self) -> str:
-        dims = ", ".join(str(d) for d in self.dims)
-        return f'{{ name: "{self.name}" data_type: {self.data_type} dims: [ {dims} ] }}'
 
 
 def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[Tensor],
@@ -37,28 +35,38 @@ def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[
     `max_queue_size` adds a policy (at most that many waiting, none longer than
     `queue_timeout_us`), for servers without such a front; then keep two instances or more,
     so that another instance's completion wakes the batcher."""
-    lines = [
-        f'name: "{name}"',
-        f'backend: "{backend}"',
-        f"max_batch_size: {max_batch_size}",
-        "input [",
-        ",\n".join(f"  {t.pbtxt()}" for t in inputs),
-        "]",
-        "output [",
-        ",\n".join(f"  {t.pbtxt()}" for t in outputs),
-        "]",
-        *((f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}",)
-          if max_queue_size is None else (
-            f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us}",
-            f"  default_queue_policy {{ max_queue_size: {max_queue_size} timeout_action: "
-            f"REJECT default_timeout_microseconds: {queue_timeout_us} "
-            "allow_timeout_override: true }",
-            "}")),
-        f"instance_group [ {{ count: {instance_count} }} ]",
-    ]
+    return model_config.text(model_config_message(
+        name, backend, max_batch_size, inputs, outputs, max_queue_delay_us=max_queue_delay_us,
+        max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us,
+        instance_count=instance_count, parameters=parameters))
+
+
+def model_config_message(name: str, backend: str, max_batch_size: int,
+                         inputs: Sequence[Tensor], outputs: Sequence[Tensor], *,
+                         max_queue_delay_us: int = 500, max_queue_size: int | None = None,
+                         queue_timeout_us: int = 10_000_000, instance_count: int = 2,
+                         parameters: dict[str, str] | None = None):
+    """The `model_config_pb2.ModelConfig` that `config_pbtxt` writes."""
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig(name=name, backend=backend,
+                                          max_batch_size=max_batch_size)
+    for t in inputs:
+        config.input.add(**model_config.tensor(t.name, t.data_type, t.dims))
+    for t in outputs:
+        config.output.add(**model_config.tensor(t.name, t.data_type, t.dims))
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = max_queue_delay_us
+    if max_queue_size is not None:
+        policy = batching.default_queue_policy
+        policy.max_queue_size = max_queue_size
+        policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = queue_timeout_us
+        policy.allow_timeout_override = True
+    config.instance_group.add(count=instance_count)
     for key, value in (parameters or {}).items():
-        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
-    return "\n".join(lines) + "\n"
+        config.parameters[key].string_value = value
+    return config
 
 
 def model_folder(repository: Path, name: str, version: int = 1) -> Path:

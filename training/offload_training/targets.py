@@ -212,66 +212,55 @@ GPU: dict[str, Target] = {
 TARGETS: dict[str, dict[str, Target]] = {"gpu": GPU}
 
 
-def _tensor_lines(tensors) -> str:
+def variant_config(model_dir: Path, target: Target):  # -> model_config_pb2.ModelConfig
+    """The variant as a message: backend, inputs and outputs from the model's config.pbtxt,
+    the rest from the target."""
     from tritonclient.grpc import model_config_pb2
 
-    lines = []
-    for t in tensors:
-        dims = ", ".join(str(d) for d in t.dims)
-        data_type = model_config_pb2.DataType.Name(t.data_type)
-        lines.append(f'  {{ name: "{t.name}" data_type: {data_type} dims: [ {dims} ] }}')
-    return ",\n".join(lines)
-
-
-def variant_pbtxt(model_dir: Path, target: Target) -> str:
-    """The variant's text: backend, inputs and outputs from the model's config.pbtxt."""
     from offload_server.model_spec import read_config
 
     base = read_config(model_dir)
-    name = model_dir.name
-    sizes = ", ".join(str(s) for s in target.preferred_batch_sizes)
-    lines = [
-        f"# {name}, target '{target.target}': tritonserver --model-config-name={target.target}",
-        "# loads this file instead of ../config.pbtxt (the CPU config). Why each number:",
-        "# ../model_card.md, \"Config variants\". Written by offload_training.targets.",
-        f'name: "{name}"',
-        f'backend: "{base.backend}"',
-        f"max_batch_size: {target.max_batch_size}",
-        "input [",
-        _tensor_lines(base.input),
-        "]",
-        "output [",
-        _tensor_lines(base.output),
-        "]",
-        f"instance_group [ {{ count: {target.instances} kind: {target.kind} }} ]",
-        f"dynamic_batching {{ preferred_batch_size: [ {sizes} ]",
-        f"  max_queue_delay_microseconds: {target.max_queue_delay_us}",
-        f"  default_queue_policy {{ max_queue_size: {target.max_queue_size} "
-        "timeout_action: REJECT",
-        f"    default_timeout_microseconds: {target.queue_timeout_us} "
-        "allow_timeout_override: true }",
-        "}",
-    ]
+    config = model_config_pb2.ModelConfig(name=model_dir.name, backend=base.backend,
+                                          max_batch_size=target.max_batch_size)
+    config.input.extend(base.input)
+    config.output.extend(base.output)
+    config.instance_group.add(
+        count=target.instances,
+        kind=model_config_pb2.ModelInstanceGroup.Kind.Value(target.kind))
+    batching = config.dynamic_batching
+    batching.preferred_batch_size.extend(target.preferred_batch_sizes)
+    batching.max_queue_delay_microseconds = target.max_queue_delay_us
+    policy = batching.default_queue_policy
+    policy.max_queue_size = target.max_queue_size
+    policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = target.queue_timeout_us
+    policy.allow_timeout_override = True
     for key, value in target.parameters.items():
-        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+        config.parameters[key].string_value = value
     if target.warmup:
-        lines.append("model_warmup [")
-        warmups = []
         for label, batch in (("one", 1), ("full", target.max_batch_size)):
-            inputs = "\n".join(
-                f'    inputs {{ key: "{t.name}" value: {{ data_type: '
-                f"{_data_type(t.data_type)} dims: [ {', '.join(str(d) for d in t.dims)} ] "
-                "zero_data: true } }" for t in base.input)
-            warmups.append(f'  {{ name: "{label}" batch_size: {batch}\n{inputs} }}')
-        lines.append(",\n".join(warmups))
-        lines.append("]")
-    return "\n".join(lines) + "\n" + target.options
+            warmup = config.model_warmup.add(name=label, batch_size=batch)
+            for t in base.input:
+                sample = warmup.inputs[t.name]
+                sample.data_type = t.data_type
+                sample.dims.extend(t.dims)
+                sample.zero_data = True
+    return config
 
 
-def _data_type(value: int) -> str:
-    from tritonclient.grpc import model_config_pb2
+def variant_pbtxt(model_dir: Path, target: Target) -> str:
+    """The variant's text: `variant_config` with a header saying what the file is, and the
+    target's commented-out options after it."""
+    from offload_server import model_config
 
-    return model_config_pb2.DataType.Name(value)
+    header = [
+        f"{model_dir.name}, target '{target.target}': tritonserver "
+        f"--model-config-name={target.target}",
+        "loads this file instead of ../config.pbtxt (the CPU config). Why each number:",
+        "../model_card.md, \"Config variants\". Written by offload_training.targets.",
+    ]
+    return model_config.text(variant_config(model_dir, target), header=header,
+                             trailer=target.options)
 
 
 def card_section(targets: dict[str, Target]) -> str:
