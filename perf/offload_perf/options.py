@@ -100,8 +100,9 @@ def models_of(repository: Path, chosen: list[str] | None = None) -> list[str]:
 
 
 def machine() -> dict[str, str]:
-    """What a measurement ran on: host, CPU model, cores, GPU (if nvidia-smi names one), and
-    the versions that shape the figures. Recorded with every result file."""
+    """What a measurement ran on: host, CPU model, cores, memory, GPU (if nvidia-smi names
+    one), the load when it started, and the versions that shape the figures. Recorded with
+    every result file and model card."""
     import contextlib
     import os
     import platform
@@ -134,6 +135,9 @@ def machine() -> dict[str, str]:
         kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
         memory = f"{kib / 2**20:.0f} GiB"
     return {"host": platform.node(), "cpu": cpu, "cores": str(os.cpu_count()),
-            "memory": memory, "gpu": gpu, "python": platform.python_version(),
-            **{name: installed(name) for name in ("onnxruntime", "tensorflow", "torch",
-                                                  "grpcio", "nvidia-pytriton", "locust")}}
+            "memory": memory, "gpu": gpu, "platform": platform.platform(),
+            "load_average_1min": f"{os.getloadavg()[0]:.2f}",
+            "python": platform.python_version(),
+            **{name: installed(name) for name in ("numpy", "onnxruntime", "tensorflow", "torch",
+                                                  "scikit-learn", "grpcio", "nvidia-pytriton",
+                                                  "locust")}}

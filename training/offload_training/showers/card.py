@@ -229,7 +229,7 @@ Response and resolution in bins of incident energy (test):
 
 In-process time of the exported TorchScript module per batch (including the Poisson
 draw), {speed['torch_threads']} torch thread(s), CPU: {machine['cpu']}
-({machine['logical_cpus']} logical CPUs, shared; load average {machine['load_average_1min']:.1f}
+({machine['cores']} logical CPUs, shared; load average {float(machine['load_average_1min']):.1f}
 at the end of the run):
 
 {timing_table(timings)}

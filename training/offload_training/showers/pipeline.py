@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from offload_perf.options import machine
 from offload_training.showers import geometry as geo
 from offload_training.showers import observables as obs
 
@@ -240,7 +239,7 @@ def _export_and_evaluate(repository: Path, sizes: Sizes, quick: bool, workers: i
         "test": test_metrics,
         "validation_sample": validation,
         "speed": speed,
-        "machine": _machine(),
+        "machine": machine(),
         "data": {
             "simulator": gflash.VERSION, "sampler": "voxel",
             "e_spot_GeV": gflash.E_SPOT_GEV, "substeps_per_layer": gflash.SUBSTEPS_PER_LAYER,
@@ -270,26 +269,6 @@ def _export_and_evaluate(repository: Path, sizes: Sizes, quick: bool, workers: i
     write_json(model_dir / "metrics.json", record)
     card.write(model_dir, record, timings)  # model_card.md, configs/<target>.pbtxt
     return record
-
-
-def _machine() -> dict:
-    import sklearn
-    import torch
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "numpy": np.__version__,
-        "torch": torch.__version__, "scikit_learn": sklearn.__version__,
-        "load_average_1min": os.getloadavg()[0],
-    }
 
 
 def read_validation_sample(model_dir: Path) -> dict:
