@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import venv
 import zipfile
 from dataclasses import dataclass
@@ -61,20 +60,15 @@ def _source_files() -> list[str]:
 
 
 def _dependency_paths() -> list[str]:
-    """This interpreter's import path less the standard library and the checkout's sources:
-    the site-packages folders that hold offload's dependencies (a virtual environment
-    inside the checkout, such as make's .venv, included)."""
-    stdlib = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib")}
+    """The site-packages folders on this interpreter's import path: where offload's
+    dependencies are (a virtual environment inside the checkout, such as make's .venv,
+    included); not the standard library, not the checkout's sources."""
     paths = []
     for entry in sys.path:
         if not entry or not Path(entry).is_dir():
             continue
         path = Path(entry).resolve()
-        in_sources = (path == ROOT or ROOT in path.parents) and "site-packages" not in path.parts
-        if in_sources or any(
-                path == lib or lib in path.parents for lib in stdlib):
-            continue
-        if str(path) not in paths:
+        if {"site-packages", "dist-packages"} & set(path.parts) and str(path) not in paths:
             paths.append(str(path))
     return paths
 
