@@ -90,6 +90,7 @@ def test_client_refuses_before_sending(server, case):
         assert model.stats().requests == 0  # nothing was sent
 
 
+@pytest.mark.slow
 def test_huge_dimension_is_refused_before_anything_is_built(server):
     huge = np.broadcast_to(np.float32(0), (2**29 + 1,))  # 2 GiB of zeros taking no memory
     with offload.Client(server.grpc_url) as client:

@@ -163,6 +163,7 @@ def test_the_tensorrt_option_of_the_tagger_checks_when_uncommented(tmp_path):
 
 
 # --------------------------------------------------------- served by a real tritonserver
+@pytest.mark.slow
 def test_gpu_variants_serve_with_their_settings_when_the_kind_is_cpu(tmp_path):
     """Everything of the gpu variants but the device, through Triton itself: batch sizes,
     preferred sizes, queue policy, parameters and the warm-up batches (Triton refuses

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import closed_address
 
+# Grid-job simulations against real servers: `make test`, not test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("jet_tagger", "jet_energy_regression")
 

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Locust runs: `make test`, not test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "k8s" / "locust" / "locustfile.py"
 

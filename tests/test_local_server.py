@@ -174,6 +174,7 @@ def test_offload_serve_is_ready_for_plain_tritonclient_and_stops_on_signal(small
             stop_group(triton_pid)
 
 
+@pytest.mark.slow
 def test_make_serve_starts_the_server_and_ctrl_c_stops_it(small_repo):
     serve = ServeProcess(command=["make", "--no-print-directory", "serve", f"REPO={small_repo}",
                                   f"SERVE_ARGS={' '.join(FREE_PORTS)}"])

@@ -76,6 +76,7 @@ def _counters(triton) -> tuple[int, int, int]:
             int(inference["queue"].get("ns", 0)))
 
 
+@pytest.mark.slow
 def test_overlapping_requests_of_the_shower_generator_do_not_stall():
     """The reported case, as reported: NVIDIA's tritonclient, 256 + 44 rows at once."""
     import tritonclient.grpc as grpcclient

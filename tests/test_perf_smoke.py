@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import closed_address
 
+# Perf tools' smoke runs (each starts servers and measures): `make test`, not test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -403,6 +403,7 @@ def test_shared_memory_hijack_is_refused_and_a_victim_recovers(open_server, refe
     assert alive(open_server)
 
 
+@pytest.mark.slow
 def test_a_restarted_server_gets_the_regions_again_or_says_why_not(repo, reference):
     port = free_port()
     x = np.full((3, tm.N_FEATURES), 0.5, np.float32)

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import free_port
 
+# Soak smoke runs: `make test`, not test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
