@@ -14,6 +14,7 @@ from offload.physics.jets import regression_inputs, tagger_inputs
 from offload_server import LocalServer
 from offload_server.backends import load_in_process
 from offload_server.repo_check import check_repository
+from offload_training.card_sections import raw_jet_inputs
 from offload_training.metrics import regression_metrics, tagging_metrics
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
@@ -84,6 +85,7 @@ def test_regression_served_matches_in_process_and_its_card(server):
             assert again[kind][key] == pytest.approx(expected[kind][key], rel=1e-3), (kind, key)
     card = (REPOSITORY / "jet_energy_regression" / "model_card.md").read_text()
     assert f"{expected['corrected']['resolution']:.4f}" in card
+    assert raw_jet_inputs("regression_inputs") in card  # the raw layout the client takes
 
 
 def test_validation_samples_stay_small():

@@ -126,46 +126,70 @@ def peak_rss(pid: int) -> int:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
 
 
+class RawGrpc:
+    """gRPC calls made frame by frame with h2 on one connection (no gRPC library involved):
+    each message sent as it is, flagged compressed (gzip) if asked. h2 checks every frame
+    it gets, so a frame on a call that has ended fails the test."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.rsplit(":", 1)
+        self.url = url
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.connection = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True))
+        self.connection.initiate_connection()
+        self.connection.update_settings(
+            {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        self.connection.increment_flow_control_window(2**30)
+        self.sock.sendall(self.connection.data_to_send())
+
+    def __enter__(self) -> RawGrpc:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.sock.close()
+
+    def call(self, path: str, message: bytes, *, compressed: bool = False,
+             headers: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+        """The response's headers and trailers."""
+        connection, sock = self.connection, self.sock
+        stream = connection.get_next_available_stream_id()
+        connection.send_headers(stream, [
+            (":method", "POST"), (":scheme", "http"), (":path", path),
+            (":authority", self.url), ("content-type", "application/grpc"), ("te", "trailers"),
+            *((("grpc-encoding", "gzip"),) if compressed else ()), *headers])
+        framed = bytes((1 if compressed else 0,)) + len(message).to_bytes(4, "big") + message
+        sent, trailers = 0, {}
+        done = False
+        while not done:
+            while sent < len(framed) and not done:
+                window = min(connection.local_flow_control_window(stream),
+                             connection.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = framed[sent:sent + window]
+                sent += len(chunk)
+                connection.send_data(stream, chunk, end_stream=sent == len(framed))
+                sock.sendall(connection.data_to_send())
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived) \
+                        and event.stream_id == stream:
+                    trailers.update((k.decode(), v.decode()) for k, v in event.headers)
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset) \
+                        and event.stream_id == stream:
+                    done = True
+            sock.sendall(connection.data_to_send())
+        return trailers
+
+
 def raw_grpc(url: str, path: str, message: bytes, *, compressed: bool = False,
              headers: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
-    """One gRPC call made frame by frame with h2 (no gRPC library involved): the message
-    sent as it is, flagged compressed (gzip) if asked; the response's trailers."""
-    host, port = url.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    connection.initiate_connection()
-    connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
-    connection.increment_flow_control_window(2**30)
-    sock.sendall(connection.data_to_send())
-    stream = connection.get_next_available_stream_id()
-    connection.send_headers(stream, [
-        (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", url),
-        ("content-type", "application/grpc"), ("te", "trailers"),
-        *((("grpc-encoding", "gzip"),) if compressed else ()), *headers])
-    framed = bytes((1 if compressed else 0,)) + len(message).to_bytes(4, "big") + message
-    sent, trailers = 0, {}
-    done = False
-    while not done:
-        while sent < len(framed) and not done:
-            window = min(connection.local_flow_control_window(stream),
-                         connection.max_outbound_frame_size)
-            if window <= 0:
-                break
-            chunk = framed[sent:sent + window]
-            sent += len(chunk)
-            connection.send_data(stream, chunk, end_stream=sent == len(framed))
-            sock.sendall(connection.data_to_send())
-        data = sock.recv(65536)
-        if not data:
-            break
-        for event in connection.receive_data(data):
-            if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                trailers.update((k.decode(), v.decode()) for k, v in event.headers)
-            if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                done = True
-        sock.sendall(connection.data_to_send())
-    sock.close()
-    return trailers
+    """One call on a connection of its own: the response's trailers."""
+    with RawGrpc(url) as connection:
+        return connection.call(path, message, compressed=compressed, headers=headers)
 
 
 # ------------------------------------------------------------------ listeners
@@ -459,14 +483,8 @@ def test_regions_of_a_killed_client_are_unregistered(open_server):
                 dying.kill()
 
 
-# ------------------------------------------------------------ request sizes
-def test_oversized_requests_are_refused_with_bounded_memory(open_server, reference):
-    limit = open_server.max_request_bytes
-    request = pb.ModelInferRequest(model_name="echo_fp32")
-    request.inputs.add(name="INPUT0", datatype="FP32", shape=[4])  # says 16 bytes ...
-    request.raw_input_contents.append(b"\0" * (256 << 20))  # ... and carries 256 MiB
-    oversized = request.SerializeToString()
-    # A gRPC message that inflates to 1 GiB: 1 MiB on the wire, built without the GiB.
+def _gzip_bomb() -> bytes:
+    """A gRPC message that inflates to 1 GiB: 1 MiB on the wire, built without the GiB."""
     squeeze = zlib.compressobj(wbits=31)  # gzip
     head = pb.ModelInferRequest(model_name="echo_fp32").SerializeToString()
     field = b"\x42" + _varint(1 << 30)  # raw_input_contents (field 8), 1 GiB long
@@ -476,6 +494,17 @@ def test_oversized_requests_are_refused_with_bounded_memory(open_server, referen
         bomb += squeeze.compress(zeros)
     bomb += squeeze.flush()
     assert len(bomb) < 2 << 20
+    return bomb
+
+
+# ------------------------------------------------------------ request sizes
+def test_oversized_requests_are_refused_with_bounded_memory(open_server, reference):
+    limit = open_server.max_request_bytes
+    request = pb.ModelInferRequest(model_name="echo_fp32")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[4])  # says 16 bytes ...
+    request.raw_input_contents.append(b"\0" * (256 << 20))  # ... and carries 256 MiB
+    oversized = request.SerializeToString()
+    bomb = _gzip_bomb()
 
     triton_before, front_before = peak_rss(open_server.pid), peak_rss(open_server.front_pid)
     with StreamingClient(open_server.grpc_url) as other:
@@ -497,6 +526,24 @@ def test_oversized_requests_are_refused_with_bounded_memory(open_server, referen
     assert grown_triton < 32 << 20, grown_triton  # the requests never reached Triton
     assert grown_front < 64 << 20, grown_front  # the front holds frames, not messages
     del oversized
+
+
+def test_a_refused_call_leaves_its_connection_usable(open_server):
+    """A refusal ends its call for the client; whatever Triton still says about that call
+    stays in the front (for the client, a frame after a stream's end is a connection
+    error: seen under load before the front dropped them), and the next calls on the same
+    connection are answered."""
+    bomb = _gzip_bomb()
+    request = pb.ModelInferRequest(model_name="echo_fp32")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[4])
+    request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+    with RawGrpc(open_server.grpc_url) as connection:
+        for _ in range(5):
+            refused = connection.call(SERVICE + "ModelInfer", bomb, compressed=True)
+            assert refused.get("grpc-status") == "8", refused
+            answered = connection.call(SERVICE + "ModelInfer", request.SerializeToString())
+            assert answered.get("grpc-status") == "0", answered
+    assert alive(open_server)
 
 
 def test_malformed_http2_is_refused_per_connection_and_the_server_stays_up(open_server,

@@ -401,6 +401,8 @@ class Connection:
             self.calls.pop(stream, None)
             self.answered.discard(stream)
             self._release(stream)
+        elif kind == SETTINGS and not flags & ACK:
+            raw = _without_dynamic_table(raw)
         self.to_triton.relay(raw)
 
     def _client_headers(self, raw: bytes, kind: int, flags: int, stream: int) -> None:
@@ -595,11 +597,15 @@ class Connection:
                                         passing.length.to_bytes(4, "big")))
 
     def _triton_frame(self, raw: bytes, kind: int, flags: int, stream: int) -> None:
-        """A whole frame other than DATA; header blocks are written once complete."""
+        """A whole frame other than DATA; header blocks are written once complete. Whatever
+        Triton still says on a refused call is dropped: the client had its answer, and a
+        frame after it would be a connection error for the client. (Triton's header blocks
+        are self-contained, see _without_dynamic_table, so leaving one out is safe.)"""
         if kind == CONTINUATION and self.triton_block is not None:
             self.triton_block[1].append(raw)
             if flags & END_HEADERS:
-                self.to_client.relay(b"".join(self.triton_block[1]))
+                if self.triton_block[0] not in self.silenced:
+                    self.to_client.relay(b"".join(self.triton_block[1]))
                 self.triton_block = None
             return
         if kind == HEADERS:
@@ -613,6 +619,10 @@ class Connection:
             self._finished(stream)
         elif kind == SETTINGS and not flags & ACK:
             self._triton_settings(raw[9:])
+        if kind in (HEADERS, RST_STREAM) and stream in self.silenced:
+            if kind == RST_STREAM or flags & END_STREAM:
+                self.answered.discard(stream)
+            return
         self.to_client.relay(raw)
 
     def _finished(self, stream: int) -> None:
@@ -631,6 +641,24 @@ class Connection:
             elif key == SETTINGS_MAX_HEADER_LIST_SIZE:
                 self.decoder.max_header_list_size = max(self.decoder.max_header_list_size,
                                                         value)
+
+
+def _without_dynamic_table(raw: bytes) -> bytes:
+    """The client's SETTINGS frame as relayed to Triton: SETTINGS_HEADER_TABLE_SIZE 0, so
+    that Triton's encoder indexes nothing and each of its header blocks decodes on its own
+    (the client's decoder then gets a table-size update to 0, which any size allows). The
+    relay may thus leave out a block for a refused call without desynchronising the
+    client's HPACK state. One frame in, one frame out: the ACKs still match."""
+    payload = bytearray(raw[9:])
+    if len(payload) % 6:
+        raise _ProtocolViolation("SETTINGS frame length not a multiple of 6")
+    for offset in range(0, len(payload), 6):
+        if int.from_bytes(payload[offset:offset + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
+            payload[offset + 2:offset + 6] = bytes(4)
+            break
+    else:
+        payload += SETTINGS_HEADER_TABLE_SIZE.to_bytes(2, "big") + bytes(4)
+    return frame(SETTINGS, raw[4], 0, bytes(payload))
 
 
 class _ProtocolViolation(Exception):

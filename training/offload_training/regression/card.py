@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from offload.physics.jets import CONSTITUENT_FEATURES, JET_FEATURES
+from offload_training.card_sections import raw_jet_inputs
 from offload_training.export import BatchTiming, markdown_table, timing_table
 from offload_training.jet_samples import JetSample
 from offload_training.metrics import PT_BINS
@@ -49,6 +50,7 @@ the same code that made the training inputs.
 | `features` | [128, 13] | FP32 | per constituent: {", ".join(f"`{f}`" for f in CONSTITUENT_FEATURES)} |
 | `mask` | [128, 1] | FP32 | 1 for a constituent, 0 for padding |
 
+{raw_jet_inputs("regression_inputs")}
 ## Output
 | name | shape | type | content |
 | --- | --- | --- | --- |
