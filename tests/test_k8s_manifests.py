@@ -1106,18 +1106,32 @@ def without_jwt(config: dict) -> dict:
     return config
 
 
-def test_jwt_component_is_the_base_config_plus_jwt() -> None:
-    """components/jwt-auth/envoy.yaml is a copy (kustomize cannot patch inside a file of a
-    ConfigMap): it must be the base file plus the JWT filter and its cluster, nothing else,
-    so that a change to the base (a refused RPC, a limit) cannot be forgotten there."""
+def test_jwt_component_is_the_base_config_plus_its_patch(tmp_path) -> None:
+    """components/jwt-auth ships the base Envoy config composed with its jwt-authn.yaml
+    (kustomize cannot patch inside a ConfigMap's file): the shipped file is what
+    offload_deploy.envoy_jwt writes, it differs from the base by the JWT filter and its
+    cluster only, and a change to the base makes it stale until it is written again."""
+    from offload_deploy import envoy_jwt
+
+    shipped = (K8S / "components/jwt-auth/envoy.yaml").read_text()
+    assert shipped == envoy_jwt.composed_text(K8S)
     base = yaml.safe_load((K8S / "base/envoy/envoy.yaml").read_text())
-    jwt = yaml.safe_load((K8S / "components/jwt-auth/envoy.yaml").read_text())
+    jwt = yaml.safe_load(shipped)
     assert jwt != base
     assert without_jwt(jwt) == base
     assert envoy_config(render("gpu+jwt-auth")) == jwt  # and it is what the component ships
-    drifted = copy.deepcopy(jwt)
-    grpc_routes(drifted)[1].pop(0)  # a refusal lost in the copy only
-    assert without_jwt(drifted) != base
+    copied = tmp_path / "k8s"
+    for name in (envoy_jwt.BASE, envoy_jwt.PATCH, envoy_jwt.COMPOSED):
+        (copied / name).parent.mkdir(parents=True, exist_ok=True)
+        (copied / name).write_text((K8S / name).read_text())
+    assert envoy_jwt.main(["--check", "--k8s-dir", str(copied)]) == 0
+    changed = (copied / envoy_jwt.BASE).read_text().replace("max_request_bytes: 16777216",
+                                                            "max_request_bytes: 8388608")
+    assert changed != (copied / envoy_jwt.BASE).read_text()
+    (copied / envoy_jwt.BASE).write_text(changed)
+    assert envoy_jwt.main(["--check", "--k8s-dir", str(copied)]) == 1  # stale now
+    assert envoy_jwt.main(["--k8s-dir", str(copied)]) == 0
+    assert "max_request_bytes: 8388608" in (copied / envoy_jwt.COMPOSED).read_text()
 
 
 # ---------------------------------------------------------------------- Ingress
