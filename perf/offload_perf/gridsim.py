@@ -32,6 +32,12 @@ work and picking the event's jets, timed on the thread's CPU clock). The server'
 event is that of the embedded server's process group over the window (or of
 `--server-pgid`'s, for a server on this machine).
 
+**Versions.** `--models jet_tagger:1` pins a model's version (`NAME:VERSION`), in-process
+(that version folder) and offloaded (`client.model(name, version=...)`, Triton's statistics of
+that version). Without one, both modes use the version a request naming none gets: the
+highest the model's config serves (`offload_server.model_spec.default_version`; for a
+`--server` elsewhere, whatever that server's highest ready version is).
+
 All K workers start their timed window together and run for `--duration` seconds after a
 warm-up. Reported per mode and K: events/s in total and per worker, the wall time per event
 spent in reconstruction and in inference, and, offloaded, Triton's own statistics over the
@@ -111,6 +117,7 @@ class EventLoop:
 
         self.settings = settings
         self.models = settings["models"]
+        self.versions: dict[str, str | None] = settings.get("versions", {})
         self.constituents, self.jets = jet_sample(Path(settings["repository"]))
         self.rng = np.random.default_rng(1000 + index)
         self.shower_energies = None
@@ -127,18 +134,20 @@ class EventLoop:
     def prepare(self, mode: str) -> None:
         if mode == "in_process" and self.runners is None:
             from offload_server.backends.triton_model import load_checked
-            from offload_server.model_spec import spec_from_folder
+            from offload_server.model_spec import default_version, spec_from_folder
 
             self.runners = {}
             for name in self.models:
                 folder = Path(self.settings["repository"]) / name
                 spec = spec_from_folder(folder)
                 spec = replace(spec, parameters={**spec.parameters, **ONE_THREAD})
-                self.runners[name] = load_checked(folder, "1", spec)
+                version = self.versions.get(name) or default_version(folder)
+                self.runners[name] = load_checked(folder, version, spec)
         if mode in OFFLOADED and self.client is None:
             self.client = offload.Client(self.settings["server"],
                                          timeout=self.settings["timeout"], retries=2)
-            self.remote = {name: self.client.model(name) for name in self.models}
+            self.remote = {name: self.client.model(name, version=self.versions.get(name))
+                           for name in self.models}
         self._loop(mode, time.monotonic() + self.settings["warmup"])
 
     def run(self, mode: str, start_at: float, duration: float) -> dict:
@@ -396,13 +405,14 @@ class Workers:
 # ---------------------------------------------------------------------------- the parent
 def _server_counters(models: dict[str, offload.Model]) -> dict[str, tuple]:
     """Cumulative (requests, executions, inferences, queue µs, compute infer µs) per model."""
+    from offload_perf.options import server_totals
+
     counters = {}
     for name, model in models.items():
-        rows = model.server_stats()
-        if not rows:
+        row = server_totals(model)  # every version's, for a model named without one
+        if row is None:
             counters[name] = (0, 0, 0, 0.0, 0.0)
             continue
-        row = rows[0]
         n = row.requests
         counters[name] = (n, row.executions, row.inferences, row.queue_us * n,
                           (row.compute_input_us + row.compute_infer_us
@@ -568,7 +578,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the models (in-process, embedded server) and the event sample")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"the per-event models, a subset of {', '.join(MODELS)} "
-                             "(calo_shower_generator: a fast-simulation job)")
+                             "(calo_shower_generator: a fast-simulation job); NAME:VERSION "
+                             "pins a version (e.g. jet_tagger:1), else the highest served")
     parser.add_argument("--cpu-ms", type=float, default=2.0,
                         help="CPU time of busy work per event, besides preprocessing (ms)")
     parser.add_argument("--jets-per-event", type=int, default=2)
@@ -587,6 +598,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for gridsim.json/.png (default perf/results)")
 
 
+def parse_models(text: str) -> dict[str, str | None]:
+    """`name[:version],...` -> {name: version or None}, in order."""
+    models: dict[str, str | None] = {}
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        name, _, version = entry.partition(":")
+        if version and not version.isdigit():
+            raise offload.InvalidInputError(f"--models: {entry!r}: a version is a number, "
+                                            "as in jet_tagger:1")
+        models[name.strip()] = version or None
+    return models
+
+
 def _parse(args: argparse.Namespace) -> tuple[list[int], list[str], list[str]]:
     try:
         ks = sorted({int(k) for k in str(args.workers).split(",") if k.strip()})
@@ -596,7 +619,7 @@ def _parse(args: argparse.Namespace) -> tuple[list[int], list[str], list[str]]:
     if not ks or ks[0] < 1:
         raise offload.InvalidInputError(f"--workers needs counts >= 1, got {args.workers!r}")
     modes = [m.strip().replace("-", "_") for m in args.modes.split(",") if m.strip()]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = list(parse_models(args.models))
     bad_modes = [m for m in modes if m not in MODES]
     unknown = [m for m in models if m not in MODELS]
     if bad_modes or not modes:
@@ -619,6 +642,7 @@ def run(args: argparse.Namespace) -> int:
     from offload_perf.options import RESULTS, machine
 
     ks, modes, models = _parse(args)
+    versions = parse_models(args.models)
     output = args.output or RESULTS
     repository = args.repository.resolve()
     for name in models:
@@ -626,6 +650,11 @@ def run(args: argparse.Namespace) -> int:
             raise offload.ModelNotFoundError(
                 f"model '{name}' is not in the repository {repository} (no "
                 f"{name}/config.pbtxt)", model=name)
+        if versions[name] is not None and not (repository / name / versions[name]).is_dir():
+            raise offload.ModelNotFoundError(
+                f"model '{name}' has no version {versions[name]} in {repository}", model=name)
+    resolved = {name: versions[name] or _default_version(repository / name)
+                for name in models}
     address = args.server or os.environ.get(SERVERS_VARIABLE)
     record = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -634,6 +663,8 @@ def run(args: argparse.Namespace) -> int:
         "jets_per_event": args.jets_per_event, "showers_per_event": args.showers_per_event,
         "block": args.block, "lag": args.lag, "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "versions": {name: {"requested": versions[name], "in_process": resolved[name]}
+                     for name in models},
         "repository": str(args.repository),
         "in_process_threads": "1 intra-op, 1 inter-op per model and worker"},
         "server": None, "rows": [], "complete": False, "error": None}
@@ -657,12 +688,13 @@ def run(args: argparse.Namespace) -> int:
             client = stack.enter_context(offload.Client(address, timeout=args.timeout,
                                                         retries=1))
             try:
-                served = {name: client.model(name) for name in models}
+                served = {name: client.model(name, version=versions[name]) for name in models}
             except offload.ModelNotFoundError:
                 raise
             except offload.OffloadError as error:
                 raise GridSimError(f"cannot reach the server at {address}: {error}") from error
         settings = {"repository": str(repository), "server": address, "models": models,
+                    "versions": versions,
                     "cpu_ms": args.cpu_ms, "jets_per_event": args.jets_per_event,
                     "showers_per_event": args.showers_per_event, "block": args.block,
                     "lag": args.lag,
@@ -687,6 +719,12 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
     _report(record)
     return 0
+
+
+def _default_version(folder: Path) -> str:
+    from offload_server.model_spec import default_version
+
+    return default_version(folder)
 
 
 def _sweep(workers: Workers, ks: list[int], modes: list[str],
