@@ -237,6 +237,7 @@ def variant_pbtxt(model_dir: Path, target: Target) -> str:
         f'name: "{name}"',
         f'backend: "{base.backend}"',
         f"max_batch_size: {target.max_batch_size}",
+        *_version_policy(base),
         "input [",
         _tensor_lines(base.input),
         "]",
@@ -266,6 +267,21 @@ def variant_pbtxt(model_dir: Path, target: Target) -> str:
         lines.append(",\n".join(warmups))
         lines.append("]")
     return "\n".join(lines) + "\n" + target.options
+
+
+def _version_policy(config) -> list[str]:
+    """config.pbtxt's version_policy, if it sets one: a variant serves the same versions
+    (clients that pin one, or name none and get the highest, see one interface)."""
+    policy = config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "specific":
+        listed = ", ".join(str(v) for v in sorted(policy.specific.versions))
+        return [f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"]
+    if kind == "all":
+        return ["version_policy: { all: {} }"]
+    if kind == "latest":
+        return [f"version_policy: {{ latest: {{ num_versions: {policy.latest.num_versions} }} }}"]
+    return []
 
 
 def _data_type(value: int) -> str:
