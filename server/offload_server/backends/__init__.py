@@ -29,5 +29,6 @@ def load_in_process(model_dir: Path, version: str | int | None = None) -> Runner
     from offload_server.backends.triton_model import load_checked
     from offload_server.model_spec import default_version, spec_from_folder
 
-    version = default_version(Path(model_dir)) if version is None else str(version)
-    return load_checked(model_dir, version, spec_from_folder(Path(model_dir)))
+    model_dir = Path(model_dir)
+    version = default_version(model_dir) if version is None else str(version)
+    return load_checked(model_dir, version, spec_from_folder(model_dir))

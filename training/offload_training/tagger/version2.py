@@ -277,38 +277,59 @@ def compare_with_torch(model: ParticleNet, arrays: dict[str, np.ndarray],
             "above_1e-4": int((difference > 1e-4).sum())}
 
 
+def parse_network(text: str) -> Architecture:
+    """`PARTICLES:K:C,C,C/C,C,C` (constituents, neighbours, each block's channels)."""
+    particles, k, blocks = text.split(":")
+    return Architecture(particles=int(particles), k=int(k),
+                        blocks=tuple(tuple(int(c) for c in b.split(","))
+                                     for b in blocks.split("/")))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Time a few epochs on (part of) the version-2 training split: what sized the network."""
+    """Time an epoch of candidate networks on part of the version-2 training split: what
+    sized version 2 (the model card's table)."""
     from offload_training import jet_samples
 
     parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--network", action="append", type=parse_network,
+                        help="PARTICLES:K:C,C,C/C,C,C, repeatable (default: version 2's)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--limit", type=int, default=20_000, help="training jets used")
-    parser.add_argument("--particles", type=int, default=ARCHITECTURE.particles)
-    parser.add_argument("--k", type=int, default=ARCHITECTURE.k)
-    parser.add_argument("--blocks", default="32,32,32/64,64,64")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--output", type=Path, default=None, help="also write JSON here")
     args = parser.parse_args(argv)
-    blocks = tuple(tuple(int(c) for c in b.split(",")) for b in args.blocks.split("/"))
-    architecture = Architecture(particles=args.particles, k=args.k, blocks=blocks)
+    networks = args.network or [ARCHITECTURE]
     jets = data.load(truth=False, keep=jet_samples.tagging_window)
     train_part, val_part = jets.part("train"), jets.part("validation")
     rng = np.random.default_rng(0)
-    pick = rng.permutation(len(train_part))[: args.limit]
-    train_part = train_part.select(np.sort(pick))
+    train_part = train_part.select(np.sort(rng.permutation(len(train_part))[: args.limit]))
     val_part = val_part.select(np.sort(rng.permutation(len(val_part))[:10_000]))
-    train_arrays = inputs(train_part.constituents, train_part.reco_jet, architecture.particles)
-    val_arrays = inputs(val_part.constituents, val_part.reco_jet, architecture.particles)
-    settings = Settings(epochs=args.epochs, threads=args.threads, batch_size=args.batch_size)
-    started = time.perf_counter()
-    _, history = train(train_arrays, train_part.is_top, val_arrays, val_part.is_top,
-                       architecture=architecture, settings=settings)
-    seconds = time.perf_counter() - started
-    per_jet = np.mean([h["train_seconds"] for h in history]) / len(train_part)
-    print(json.dumps({"architecture": architecture.describe(), "jets": len(train_part),
-                      "threads": args.threads, "ms_per_training_jet": per_jet * 1e3,
-                      "history": history, "seconds": seconds}, indent=1))
+    del jets
+    results = []
+    for architecture in networks:
+        train_arrays = inputs(train_part.constituents, train_part.reco_jet,
+                              architecture.particles)
+        val_arrays = inputs(val_part.constituents, val_part.reco_jet, architecture.particles)
+        settings = Settings(epochs=args.epochs, threads=args.threads,
+                            batch_size=args.batch_size)
+        model, history = train(train_arrays, train_part.is_top, val_arrays, val_part.is_top,
+                               architecture=architecture, settings=settings,
+                               log=lambda _line: None)
+        result = {"particles": architecture.particles, "k": architecture.k,
+                  "blocks": " ".join("(" + ", ".join(map(str, b)) + ")"
+                                     for b in architecture.blocks),
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "jets": len(train_part), "threads": args.threads,
+                  "ms_per_jet": 1e3 * float(np.mean([h["train_seconds"] for h in history]))
+                  / len(train_part),
+                  "cpu_ms_per_jet": 1e3 * float(np.mean([h["cpu_seconds"] for h in history]))
+                  / len(train_part),
+                  "validation_auc": history[-1]["validation_auc"]}
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 
