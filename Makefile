@@ -5,16 +5,18 @@ PY     := $(VENV)/bin/python
 REPO   ?= model_repository
 # Extra flags for `offload serve`, e.g. make serve SERVE_ARGS="--grpc-port 0 -m jet_tagger"
 SERVE_ARGS ?=
-PYTEST_ARGS ?=
+# The 25 slowest tests are listed at the end of every run, to keep the fast lane fast.
+PYTEST_ARGS ?= --durations=25
 
 # `make models QUICK=1`: a smoke run into build/models-quick/, leaving model_repository/ alone
 QUICK ?=
 
-.PHONY: help venv serve test lint repo-check bench perf load models data deploy undeploy clean
+.PHONY: help venv serve test test-fast lint repo-check bench perf load models data deploy undeploy clean
 
 help:
 	@echo "make serve   start a real Triton server on this machine with $(REPO)/"
 	@echo "make test    lint, check the model repository and run the test suite"
+	@echo "make test-fast  the same without the tests marked slow (perf, load, soak, training, restarts)"
 	@echo "make bench   served vs in-process throughput per CPU backend (perf/)"
 	@echo "make models  regenerate data, train and export the models (QUICK=1: smoke run)"
 	@echo "make data    the sample PFNano-like ROOT file data/pfnano_sample.root (offload apply)"
@@ -41,12 +43,17 @@ serve: $(VENV)/.stamp-server
 
 lint: $(VENV)/.stamp-server,train,dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 repo-check: $(VENV)/.stamp-server
 	$(VENV)/bin/offload repo check $(REPO)
 
 test: $(VENV)/.stamp-server,train,dev lint repo-check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: every test not marked slow. CI runs `make test`, all of them.
+test-fast: $(VENV)/.stamp-server,train,dev lint repo-check
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 models: $(VENV)/.stamp-server,train,dev
 	$(VENV)/bin/offload train $(if $(QUICK),--quick)

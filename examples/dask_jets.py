@@ -30,7 +30,7 @@ from offload.dask import JetScorer
 
 def top_candidates(files: list[str], server: str, *, step_size: int = 500) -> dak.Array:
     """The lazy per-event scores, and the events with a top-like fat jet."""
-    events = uproot.dask({f: "Events" for f in files}, filter_name=[*JetScorer.branches],
+    events = uproot.dask(dict.fromkeys(files, "Events"), filter_name=[*JetScorer.branches],
                          step_size=step_size)
     scorer = JetScorer(["jet_tagger", "jet_energy_regression"], servers=server)
     scores = dak.map_partitions(scorer, events, label="offload-jets")

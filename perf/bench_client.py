@@ -35,11 +35,12 @@ import grpc
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from tritonclient.grpc import model_config_pb2
 
 import offload
 from offload import protocol, wire
 from offload_perf.options import machine
-from offload_server import LocalServer
+from offload_server import LocalServer, model_config
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"16 B": 4, "1 MB": 262_144, "16 MB": 4_194_304}  # float32 elements
@@ -59,17 +60,20 @@ class TritonPythonModel:
             "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
             for r in requests]
 '''
-CONFIG = '''name: "identity"
-backend: "python"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-'''
+
+
+def identity_config() -> model_config_pb2.ModelConfig:
+    """The echo model's config: one FP32 tensor of any length in, the same out."""
+    return model_config_pb2.ModelConfig(
+        name="identity", backend="python", max_batch_size=0,
+        input=[model_config_pb2.ModelInput(**model_config.tensor("INPUT0", "TYPE_FP32", [-1]))],
+        output=[model_config_pb2.ModelOutput(
+            **model_config.tensor("OUTPUT0", "TYPE_FP32", [-1]))])
 
 
 def identity_repository(root: Path) -> Path:
     (root / "identity" / "1").mkdir(parents=True)
-    (root / "identity" / "config.pbtxt").write_text(CONFIG)
+    model_config.write(root / "identity" / "config.pbtxt", identity_config())
     (root / "identity" / "1" / "model.py").write_text(ECHO)
     return root
 

@@ -22,7 +22,7 @@ MODELS = ("jet_tagger", "jet_energy_regression", "calo_shower_generator")
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as status:
+    with Path("/proc/self/status").open() as status:
         for line in status:
             if line.startswith("VmRSS"):
                 return int(line.split()[1]) / 1024

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +11,6 @@ import tiny_models as tm
 
 from offload_server import LocalServer
 
-MLPS = tm.MLPS  # backend -> (model name, exporter, input name, output name)
-DTYPE_MODELS = {
-    "onnxruntime": ("dtypes_onnx", tm.export_onnx_dtypes),
-    "pytorch": ("dtypes_torchscript", tm.export_torchscript_dtypes),
-    "tensorflow": ("dtypes_savedmodel", tm.export_savedmodel_dtypes),
-}
 # A long queue delay, so that concurrent requests surely meet in the dynamic batcher.
 BATCHER = "dynamic_batching { max_queue_delay_microseconds: 200000 }"
 
@@ -27,9 +18,9 @@ BATCHER = "dynamic_batching { max_queue_delay_microseconds: 200000 }"
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repository")
-    for name, export, _, _ in MLPS.values():
+    for name, export, _, _ in tm.MLPS.values():
         export(repo, name, extra=BATCHER)
-    for name, export in DTYPE_MODELS.values():
+    for name, export in tm.DTYPE_MODELS.values():
         export(repo, name)
     tm.export_onnx_constituent_sum(repo)
     tm.export_torchscript_wrong_output_dtype(repo)
@@ -45,7 +36,7 @@ parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}
 def in_process(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The MLPs run in this process, from the same seeds as those exported."""
     scratch = tmp_path_factory.mktemp("in-process")
-    return {backend: export(scratch) for backend, (_, export, _, _) in MLPS.items()}
+    return {backend: export(scratch) for backend, (_, export, _, _) in tm.MLPS.items()}
 
 
 @pytest.fixture(scope="session")
@@ -64,24 +55,8 @@ def triton(server: LocalServer):
     client.close()
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of this process group (tritonserver and its stubs) remains."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # Zombies still count for killpg; a group of only zombies is gone for our purposes.
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def stop_group(pgid: int) -> None:
-    """Last-resort cleanup for a test that failed half way."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory):
+    """The MLP `tm.export_onnx_mlp` exports (same seed), run in this process: what a server
+    serving "mlp" must answer."""
+    return tm.export_onnx_mlp(tmp_path_factory.mktemp("reference"), "mlp")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from helpers import closed_address
 
 import offload
 from offload.physics import jets as pj
@@ -212,7 +212,8 @@ def test_awkward_records_give_the_numpy_inputs():
     jet_records = ak.zip({f: jets[:, i] for i, f in enumerate(pj.JET_FIELDS)})
     expected = numpy_constituents(per_jet)
     np.testing.assert_array_equal(pj.constituents_from_candidates(candidates), expected)
-    assert len(per_jet[0]) == 150 and np.all(expected[0, :, 0] > 0)  # cut at the 128 hardest
+    assert len(per_jet[0]) == 150
+    assert np.all(expected[0, :, 0] > 0)
     np.testing.assert_allclose(expected[0, 0, 0], per_jet[0][:, 0].max(), rtol=1e-6)
     for name, fn in pj.MODEL_INPUTS.items():
         got, want = fn(candidates, jet_records), fn(expected, jets)
@@ -232,7 +233,8 @@ def test_pfnano_link_table_in_any_order_gives_the_same_jets():
     for g in gathered:
         np.testing.assert_array_equal(g.jets, jets)
         np.testing.assert_array_equal(g.constituents(), numpy_constituents(per_jet))
-        assert g.truncated == 1 and g.candidates_per_jet[0] == 150
+        assert g.truncated == 1
+        assert g.candidates_per_jet[0] == 150
     records = gathered[0].candidate_records()
     assert ak.num(records).tolist() == [len(c) for c in per_jet]
 
@@ -268,7 +270,8 @@ def test_apply_serial_writes_friend_trees_with_the_numpy_paths_scores(jet_server
     result = run_apply(*map(str, sample["files"]), "--server", jet_server.grpc_url,
                        "--output", str(out), "--step-size", "37")
     assert result.returncode == 0, result.stderr
-    assert "2 file(s) written" in result.stdout and "1000 jets" in result.stdout
+    assert "2 file(s) written" in result.stdout
+    assert "1000 jets" in result.stdout
     assert "1 jet(s) had more than 128 candidates" in result.stdout
     assert "Traceback" not in result.stderr
     outputs = [out / "a.root", out / "b.root"]
@@ -292,7 +295,8 @@ def test_apply_serial_writes_friend_trees_with_the_numpy_paths_scores(jet_server
     other = run_apply(str(sample["files"][0]), "--server", jet_server.grpc_url,
                       "--output", str(out), "--models", "jet_tagger")
     assert other.returncode == 1
-    assert "exists and it was made from" in other.stderr and "differs in models" in other.stderr
+    assert "exists and it was made from" in other.stderr
+    assert "differs in models" in other.stderr
     assert outputs[0].stat().st_mtime_ns == stamps[0]
 
 
@@ -316,12 +320,6 @@ def test_apply_on_two_dask_workers_equals_serial(jet_server, sample, reference, 
                                        ak.to_numpy(ak.flatten(b[field], axis=None)),
                                        rtol=1e-6, atol=1e-7)
     assert_matches([parallel / "a.root", parallel / "b.root"], sample, reference)
-
-
-def _closed_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 def test_bad_input_fails_clearly_and_leaves_no_output(jet_server, sample, tmp_path):
@@ -365,12 +363,13 @@ def test_bad_input_fails_clearly_and_leaves_no_output(jet_server, sample, tmp_pa
     assert read_output_tree(tmp_path / "t" / "other_tree.root", "Jets") == len(
         pfnano.gather(pfnano_events(per_jet, jets)).jets_per_event)
     started = time.monotonic()
-    closed = _closed_port()
+    closed = closed_address()
     result = run_apply(good, "--server", closed, "--output", str(tmp_path / "u"),
                        "--timeout", "5")
     assert result.returncode == 1
     assert f"cannot reach the server at {closed}" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "u").exists()
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "u").exists()
     assert time.monotonic() - started < 90
 
 
@@ -380,8 +379,8 @@ def read_output_tree(path: Path, tree: str) -> int:
 
 
 @pytest.mark.slow
-def test_server_stopped_mid_run_leaves_only_complete_outputs_and_a_rerun_finishes(
-        sample, tmp_path):
+@pytest.mark.usefixtures("sample")
+def test_server_stopped_mid_run_leaves_only_complete_outputs_and_a_rerun_finishes(tmp_path):
     from offload_server import LocalServer
 
     per_jet, jets = validation_jets()
@@ -407,10 +406,13 @@ def test_server_stopped_mid_run_leaves_only_complete_outputs_and_a_rerun_finishe
         if process.poll() is None:
             process.kill()
     assert process.returncode == 1, (stdout, stderr)
-    assert "offload apply: error: " in stderr and "Traceback" not in stderr
-    assert "part" in stderr and "entries" in stderr  # names the file and the entries
+    assert "offload apply: error: " in stderr
+    assert "Traceback" not in stderr
+    assert "part" in stderr
+    assert "entries" in stderr
     left = sorted(p.name for p in out.iterdir())
-    assert "part0.root" in left and "part3.root" not in left
+    assert "part0.root" in left
+    assert "part3.root" not in left
     assert not [name for name in left if name.startswith(".")], left  # no partial files
     for name in left:  # what is there is complete
         assert read_output_tree(out / name, "Events") == read_output_tree(
@@ -453,11 +455,13 @@ def test_dask_awkward_example_on_a_local_cluster(jet_server, sample, reference, 
                                reference["top_probability"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ak.to_numpy(ak.flatten(scores.pt_correction)),
                                reference["pt_correction"], rtol=1e-5, atol=1e-6)
-    assert len(n_tagged) == len(scores) and int(np.sum(n_tagged)) > 0
+    assert len(n_tagged) == len(scores)
+    assert int(np.sum(n_tagged)) > 0
     # the tasks ran on the workers, each with its own cached client
     client = cluster[1]
     pids = client.run(os.getpid)
-    assert len(pids) == 2 and os.getpid() not in pids.values()
+    assert len(pids) == 2
+    assert os.getpid() not in pids.values()
 
 
 @pytest.mark.slow
@@ -484,7 +488,8 @@ def test_apply_fails_clearly_when_a_dask_worker_dies(jet_server, sample, cluster
         os.kill(pid, signal.SIGKILL)
     thread.join(timeout=240)
     assert not thread.is_alive()
-    assert failure and isinstance(failure[0], ApplyError), failure
+    assert failure
+    assert isinstance(failure[0], ApplyError), failure
     assert "a Dask worker died while running it" in str(failure[0])
     out = tmp_path / "out"
     for name in (p.name for p in out.iterdir()):  # complete outputs only, no partials
@@ -524,7 +529,8 @@ def test_single_threaded_event_loop_batches_across_events(jet_server, sample, re
         np.testing.assert_allclose(result["jet_energy_regression"]["pt_correction"][:, 0],
                                    reference["pt_correction"][rows], rtol=1e-5, atol=1e-6)
     # 800 jets: a few hundred-jet batches, split into the tagger's 32-jet requests
-    assert sent[0] <= 800 / 32 + 8 and sent[1] <= 8, sent
+    assert sent[0] <= 800 / 32 + 8, sent
+    assert sent[1] <= 8, sent
 
 
 def test_batcher_errors_reach_every_call_of_the_batch(jet_server):
@@ -553,7 +559,8 @@ def test_sample_file_from_the_event_pipeline(jet_server, tmp_path):
 
     path = tmp_path / "pfnano_sample.root"
     counts = write_sample(path, 60, progress=False)
-    assert counts["events"] == 60 and counts["jets"] > 30
+    assert counts["events"] == 60
+    assert counts["jets"] > 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pfnano_sample.root"]
     with uproot.open(path) as file:
         events = file["Events"].arrays()
@@ -578,4 +585,5 @@ def test_sample_file_from_the_event_pipeline(jet_server, tmp_path):
     probabilities = ak.to_numpy(ak.flatten(scores.FatJet_top_probability))
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     is_top = ak.to_numpy(ak.flatten(events.FatJet_isTop)).astype(bool)
-    assert is_top.any() and (~is_top).any()
+    assert is_top.any()
+    assert (~is_top).any()

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tiny_models as tm
 import tritonclient.grpc as grpcclient
-from conftest import DTYPE_MODELS, MLPS
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 
@@ -31,10 +30,10 @@ def test_every_model_is_ready(server, triton, repository):
     assert {m.name for m in server.models() if m.state == "READY"} == set(names)
 
 
-@pytest.mark.parametrize("backend", list(MLPS))
+@pytest.mark.parametrize("backend", list(tm.MLPS))
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_served_matches_in_process(triton, in_process, backend, batch):
-    name, _, input_name, output_name = MLPS[backend]
+    name, _, input_name, output_name = tm.MLPS[backend]
     x = np.random.default_rng(batch).normal(size=(batch, tm.N_FEATURES)).astype(np.float32)
     served = infer(triton, name, {input_name: x}, [output_name])[output_name]
     expected = in_process[backend](x)[output_name]
@@ -43,7 +42,7 @@ def test_served_matches_in_process(triton, in_process, backend, batch):
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", list(DTYPE_MODELS))
+@pytest.mark.parametrize("backend", list(tm.DTYPE_MODELS))
 def test_data_types_round_trip(triton, backend):
     rng = np.random.default_rng(1)
     inputs = {
@@ -53,7 +52,7 @@ def test_data_types_round_trip(triton, backend):
         "d": rng.integers(-2**40, 2**40, size=(5, 3), dtype=np.int64),
         "e": rng.integers(0, 2, size=(5, 3)).astype(np.bool_),
     }
-    name, _ = DTYPE_MODELS[backend]
+    name, _ = tm.DTYPE_MODELS[backend]
     served = infer(triton, name, inputs, [f"{n}_out" for n in tm.DTYPES])
     for key, expected in tm.dtype_reference(**inputs).items():
         assert served[key].dtype == expected.dtype, key
@@ -84,9 +83,9 @@ def _execution_counts(triton, model: str) -> tuple[int, int]:
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
-@pytest.mark.parametrize("backend", list(MLPS))
+@pytest.mark.parametrize("backend", list(tm.MLPS))
 def test_dynamic_batcher_merges_concurrent_requests(triton, in_process, backend):
-    name, _, input_name, output_name = MLPS[backend]
+    name, _, input_name, output_name = tm.MLPS[backend]
     inferences_before, executions_before = _execution_counts(triton, name)
     rng = np.random.default_rng(7)
     batches = [rng.normal(size=(1, tm.N_FEATURES)).astype(np.float32) for _ in range(48)]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import tiny_models as tm
-from conftest import group_alive
+from helpers import group_alive
 
-from offload import ServerStartError
 from offload_server import LocalServer
+from offload_server.errors import ServerStartError
 from offload_server.repo_check import check_repository
 
 
@@ -82,7 +82,8 @@ def test_server_refuses_broken_model_with_clear_message(tmp_path, case):
     assert "model 'broken'" in message or "'broken'" in message
     assert server_message in message, message
     # A refused start leaves nothing running.
-    assert server.pid is not None and not group_alive(server.pid)
+    assert server.pid is not None
+    assert not group_alive(server.pid)
 
 
 @pytest.mark.parametrize("case", list(CASES))

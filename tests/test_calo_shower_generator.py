@@ -54,7 +54,8 @@ def test_reference_response_and_resolution(energy):
     rng = np.random.default_rng(int(energy))
     incident = np.full(n, energy)
     showers = gflash.simulate(incident, rng)
-    assert showers.shape == (n, *geo.SHAPE) and showers.dtype == np.float32
+    assert showers.shape == (n, *geo.SHAPE)
+    assert showers.dtype == np.float32
     response = obs.response(showers, incident)
     # mean: the containment of the mean profile (24 X0, 5 R_M), within 1 %
     expected = _containment(energy)
@@ -107,7 +108,8 @@ def test_dataset_generation_is_seeded_and_independent_of_workers():
     np.testing.assert_array_equal(one[1], two[1])
     np.testing.assert_array_equal(one[0], two[0])
     assert not np.array_equal(one[0], other[0])
-    assert one[0].min() >= 1.0 and one[0].max() <= 100.0
+    assert one[0].min() >= 1.0
+    assert one[0].max() <= 100.0
 
 
 # --- (b) the pipeline, end to end ---

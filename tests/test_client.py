@@ -4,7 +4,6 @@ data types, every kind of bad input, unreachable and slow servers, credentials."
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
+from helpers import closed_address
 
 import offload
 from offload_server import LocalServer, ServerTLS
@@ -35,11 +35,6 @@ def server(repo: Path):
         yield running
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory):
-    return tm.export_onnx_mlp(tmp_path_factory.mktemp("reference"), "mlp")
-
-
 @pytest.fixture
 def client(server: LocalServer):
     with offload.Client(server.grpc_url, timeout=30) as connected:
@@ -50,17 +45,12 @@ def _x(rows: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, tm.N_FEATURES)).astype(np.float32)
 
 
-def _closed_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
-
-
 # ------------------------------------------------------------------ results
 def test_model_metadata_is_cached(client):
     model = client.model("mlp")
     assert client.model("mlp") is model
-    assert [t.name for t in model.inputs] == ["x"] and model.inputs[0].shape == (-1, tm.N_FEATURES)
+    assert [t.name for t in model.inputs] == ["x"]
+    assert model.inputs[0].shape == (-1, tm.N_FEATURES)
     assert model.inputs[0].dtype == np.float32
     assert [t.name for t in model.outputs] == ["y"]
     assert model.max_batch_size == 1024
@@ -168,7 +158,8 @@ def test_numeric_types_round_trip(client):
 def test_bytes_round_trip(client):
     values = np.array([b"jet", b"", b"\x00\xffbinary", "µ-on".encode()], dtype=object)
     served = client.model("echo_bytes").infer(INPUT0=values)["OUTPUT0"]
-    assert served.dtype == object and list(served) == list(values)
+    assert served.dtype == object
+    assert list(served) == list(values)
 
 
 def test_big_endian_and_non_contiguous_inputs_are_converted(client, reference):
@@ -262,7 +253,7 @@ def test_message_over_the_limit_is_refused_locally(server):
 # ------------------------------------------------------------------ servers
 def test_unreachable_server_raises_after_retries():
     started = time.monotonic()
-    with offload.Client(_closed_port(), retries=2, timeout=10,
+    with offload.Client(closed_address(), retries=2, timeout=10,
                         backoff=offload.Backoff(base=0.01)) as client, \
             pytest.raises(offload.ServerUnavailableError, match="unavailable"):
         client.model("mlp")
@@ -283,7 +274,7 @@ def test_no_server_given():
 
 
 def test_servers_from_environment(server, monkeypatch):
-    monkeypatch.setenv("OFFLOAD_SERVERS", f"{_closed_port()}, {server.grpc_url}")
+    monkeypatch.setenv("OFFLOAD_SERVERS", f"{closed_address()}, {server.grpc_url}")
     with offload.Client(backoff=offload.Backoff(base=0.01)) as client:
         assert len(client.servers) == 2
         assert client.model("mlp").infer(x=_x(2))["y"].shape == (2, tm.N_OUT)
@@ -307,7 +298,7 @@ def test_restricted_protocol_header(repo):
 
 
 def test_local_fallback_starts_and_stops_an_embedded_server(repo):
-    with offload.Client(_closed_port(), fallback="local", repository=str(repo), retries=1,
+    with offload.Client(closed_address(), fallback="local", repository=str(repo), retries=1,
                         backoff=offload.Backoff(base=0.01), timeout=120) as client:
         y = client.model("mlp").infer(x=_x(3))["y"]
         assert y.shape == (3, tm.N_OUT)
@@ -315,7 +306,8 @@ def test_local_fallback_starts_and_stops_an_embedded_server(repo):
         echoed = client.model("echo_fp32").infer(INPUT0=np.arange(3, dtype=np.float32))
         np.testing.assert_array_equal(echoed["OUTPUT0"], np.arange(3))
         local = client._local_server
-        assert local is not None and local.running
+        assert local is not None
+        assert local.running
     assert not local.running
 
 
@@ -345,7 +337,8 @@ def test_command_line_models_infer_stats(server, reference, tmp_path):
         np.testing.assert_allclose(out["y"], reference(x)["y"], rtol=1e-5, atol=1e-5)
     stats = subprocess.run([*offload_cli, "stats", "mlp", "--server", server.grpc_url],
                            capture_output=True, text=True, timeout=60)
-    assert stats.returncode == 0 and "per request: queue" in stats.stdout
+    assert stats.returncode == 0
+    assert "per request: queue" in stats.stdout
     np.savez(tmp_path / "bad.npz", features=x)
     refused = subprocess.run([*offload_cli, "infer", "mlp", "--input", str(tmp_path / "bad.npz"),
                               "--server", server.grpc_url], capture_output=True, text=True,
@@ -403,7 +396,7 @@ def test_shared_memory_with_a_server_on_this_host(server, reference):
         np.testing.assert_allclose(model.submit(x=x).result()["y"], reference(x)["y"],
                                    rtol=1e-5, atol=1e-5)
         assert model.stats().bytes_sent < 4096  # the tensors did not travel in the messages
-        regions = [r.memory.name for r in client._regions._all]
+        regions = [r.memory.name for r in client._transport._regions._all]
         assert regions
     from pathlib import Path as _Path
 
@@ -441,14 +434,14 @@ def test_bf16_and_bytes_encodings():
 
 
 def test_health_probe(server):
-    dead = _closed_port()
+    dead = closed_address()
     with offload.Client([server.grpc_url, dead]) as client:
         assert client.health(timeout=2) == {server.grpc_url: True, dead: False}
         assert client.ready()
 
 
 def test_finite_check_catches_every_kind_of_non_finite_value():
-    from offload.tensors import _all_finite
+    from offload.inputs import _all_finite
 
     # Both ways of checking: a few elements summed in Python, more by numpy/BLAS; each on
     # contiguous arrays and on strided views.
@@ -497,5 +490,6 @@ def test_full_queue_is_retried_with_backoff_then_reported_as_overload(tmp_path):
             futures = [model.submit(INPUT0=x) for _ in range(6)]
             errors = [f.exception(timeout=60) for f in futures]
             refused = [e for e in errors if e is not None]
-            assert refused and all(isinstance(e, offload.ServerOverloadedError) for e in refused)
+            assert refused
+            assert all(isinstance(e, offload.ServerOverloadedError) for e in refused)
             assert "queue is full" in str(refused[0])

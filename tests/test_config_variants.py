@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tiny_models as tm
 
-from offload.errors import ServerStartError
+from offload_server.errors import ServerStartError
 from offload_server.model_spec import config_variants, read_config
 from offload_server.repo_check import check_repository
 from offload_training import targets
@@ -50,7 +50,7 @@ def test_committed_gpu_variant_is_what_the_exporter_writes(model):
         "configs/gpu.pbtxt differs from offload_training.targets: run "
         "`python -m offload_training.targets model_repository`")
     card = (folder / "model_card.md").read_text()
-    assert targets.card_section(folder, {"gpu": targets.GPU[model]}) in card
+    assert targets.card_section({"gpu": targets.GPU[model]}) in card
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -63,7 +63,8 @@ def test_gpu_variant_is_gpu_sized_and_keeps_the_interface(model):
         [(t.name, t.data_type, list(t.dims)) for t in cpu.output]
     assert gpu.backend == cpu.backend
     (group,) = gpu.instance_group
-    assert group.kind == group.KIND_GPU and group.count >= 2
+    assert group.kind == group.KIND_GPU
+    assert group.count >= 2
     assert gpu.max_batch_size >= cpu.max_batch_size
     assert max(gpu.dynamic_batching.preferred_batch_size) <= gpu.max_batch_size
     policy = gpu.dynamic_batching.default_queue_policy
@@ -126,7 +127,8 @@ def test_repo_check_refuses_broken_variants(tmp_path):
     assert any("execution_mode" in e for e in report["param"].errors)
     assert any('says name "other"' in e for e in report["named"].errors)
     warm = " ".join(report["warm"].errors)
-    assert "batch_size 4096 is outside 1..1024" in warm and "has dims [7], the input [8]" in warm
+    assert "batch_size 4096 is outside 1..1024" in warm
+    assert "has dims [7], the input [8]" in warm
     assert report["queue"].ok
     assert any("queue policy with a single instance" in w and "configs/gpu.pbtxt" in w
                for w in report["queue"].warnings)
@@ -192,7 +194,8 @@ def test_gpu_variants_serve_with_their_settings_when_the_kind_is_cpu(tmp_path):
         inputs["uniform"] = np.random.default_rng(0).random((4096, 576), np.float32)
         inputs["energy"] = np.full((4096, 1), 10.0, np.float32)
         shower = calo.infer(inputs)["shower"]
-        assert shower.shape == (4096, 12, 8, 6) and np.isfinite(shower).all()
+        assert shower.shape == (4096, 12, 8, 6)
+        assert np.isfinite(shower).all()
         # every version's row of a model named without one (jet_tagger serves two)
         executions = {m: sum(r.executions for r in client.model(m).server_stats())
                       for m in MODELS}

@@ -55,14 +55,16 @@ def test_plan_order(gpu_objects: list[dict]) -> None:
     assert min(at[k] for k in crd_backed) > max(
         at[k] for k in at if k not in crd_backed)
     assert [s.action for s in plan.steps][-1] == "wait"
-    assert not plan.warnings and not plan.skipped
+    assert not plan.warnings
+    assert not plan.skipped
 
 
 def test_network_policies_come_before_any_pod(gpu_objects: list[dict]) -> None:
     """No pod of ours runs, even for a moment, before the policies that guard it."""
     at = positions(make_plan(gpu_objects, ALL_GROUPS))
     policies = [k for k in at if k.startswith("NetworkPolicy/")]
-    assert "NetworkPolicy/default-deny-ingress" in policies and len(policies) >= 5
+    assert "NetworkPolicy/default-deny-ingress" in policies
+    assert len(policies) >= 5
     first_pod = min(at[k] for k in at if k.split("/")[0] in ("Pod", "Deployment"))
     assert max(at[k] for k in policies) < first_pod
     assert at["Namespace/offload"] < min(at[k] for k in policies)
@@ -83,8 +85,9 @@ def test_undeploy_deletes_every_kind_it_deploys(overlay: str) -> None:
         items = [SimpleNamespace(metadata=SimpleNamespace(name=o["metadata"]["name"]))
                  for o in objects if o["kind"] == kind and o["apiVersion"] == api_version]
         return SimpleNamespace(
-            get=lambda namespace, label_selector: SimpleNamespace(items=items),
-            delete=lambda name, namespace: deleted_order.append(f"{kind}/{name}"))
+            get=lambda namespace, label_selector: SimpleNamespace(items=items),  # noqa: ARG005
+            delete=lambda name, namespace: deleted_order.append(  # noqa: ARG005
+                f"{kind}/{name}"))
 
     cluster = object.__new__(Cluster)
     cluster.namespace = "offload"
@@ -125,7 +128,8 @@ def test_namespace_moves_everything_including_promql() -> None:
         == {"physics"}
     assert next(o for o in objects if o["kind"] == "Namespace")["metadata"]["name"] == "physics"
     text = yaml.safe_dump_all(objects)
-    assert 'namespace="offload"' not in text and 'namespace="physics"' in text
+    assert 'namespace="offload"' not in text
+    assert 'namespace="physics"' in text
 
 
 def test_gpu_check_only_for_gpu_overlay(gpu_objects: list[dict]) -> None:
@@ -146,7 +150,7 @@ def test_require_gpu_nodes_error(monkeypatch: pytest.MonkeyPatch) -> None:
                                status=SimpleNamespace(allocatable=allocatable))
 
     nodes: list = [node("cpu-1", None), node("cpu-2", "0")]
-    monkeypatch.setattr(kubernetes.client, "CoreV1Api", lambda api: SimpleNamespace(
+    monkeypatch.setattr(kubernetes.client, "CoreV1Api", lambda _api: SimpleNamespace(
         list_node=lambda: SimpleNamespace(items=nodes)))
     with pytest.raises(DeployError, match=r"no node .* advertises nvidia.com/gpu.*--overlay cpu"):
         require_gpu_nodes(None)
@@ -164,7 +168,8 @@ def test_upload_command_replaces_the_repository(tmp_path: Path) -> None:
     payload = tar_repository(source)
     with tarfile.open(fileobj=io.BytesIO(payload)) as archive:
         names = archive.getnames()
-    assert "m/config.pbtxt" in names and not any("__pycache__" in n for n in names)
+    assert "m/config.pbtxt" in names
+    assert not any("__pycache__" in n for n in names)
 
     volume = tmp_path / "volume"
     volume.mkdir()
@@ -190,7 +195,8 @@ def test_dry_run_through_the_cli() -> None:
     result = cli("deploy", "--dry-run", "--overlay", "cpu", "--namespace", "physics", env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "upload model_repository" in out and "wait for the rollout" in out
+    assert "upload model_repository" in out
+    assert "wait for the rollout" in out
     plan_lines = [line for line in out.splitlines() if line.startswith("#   ")]
     first = next(i for i, line in enumerate(plan_lines) if "Namespace/physics" in line)
     triton = next(i for i, line in enumerate(plan_lines) if "Deployment/triton" in line)
@@ -214,10 +220,12 @@ def test_make_deploy_dry_run() -> None:
                             cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     line = next(x for x in recipe.stdout.splitlines() if "offload deploy" in x)
     args = line.split("offload deploy", 1)[1].split()
-    assert args[:4] == ["--overlay", "dev", "--namespace", "t1"] and "--dry-run" in args
+    assert args[:4] == ["--overlay", "dev", "--namespace", "t1"]
+    assert "--dry-run" in args
     result = cli("deploy", *args)
     assert result.returncode == 0, result.stderr
-    assert "kind: ScaledObject" in result.stdout and "# plan:" in result.stdout
+    assert "kind: ScaledObject" in result.stdout
+    assert "# plan:" in result.stdout
     assert "namespace: t1" in result.stdout
 
 
@@ -248,4 +256,5 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot reach the Kubernetes API server at https://127.0.0.1:{port}" in \
         result.stderr
-    assert "Traceback" not in result.stderr and "Retrying" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Retrying" not in result.stderr

@@ -100,7 +100,8 @@ def test_jet_selection(sample: dict[str, np.ndarray]) -> None:
     assert np.all(reco[:, 0] > dataset.RECO_JET_PT_MIN)
     assert np.all(np.abs(reco[:, 1]) < dataset.RECO_JET_ETA_MAX)
     assert np.all(delta_r(reco[:, 1], reco[:, 2], gen[:, 1], gen[:, 2]) < dataset.GEN_MATCH_DR)
-    assert np.all(reco[:, 3] >= 0) and np.all(gen[:, 3] >= 0)
+    assert np.all(reco[:, 3] >= 0)
+    assert np.all(gen[:, 3] >= 0)
 
 
 def test_constituents_add_up_to_the_jet(sample: dict[str, np.ndarray]) -> None:
@@ -118,7 +119,7 @@ def test_constituents_add_up_to_the_jet(sample: dict[str, np.ndarray]) -> None:
 # --- reproducibility --------------------------------------------------------------------
 
 def test_reproducible_and_independent_of_workers() -> None:
-    kwargs = dict(seed=3, events_per_chunk=20, progress=False)
+    kwargs = {"seed": 3, "events_per_chunk": 20, "progress": False}
     serial = dataset.generate("qcd", 60, workers=1, **kwargs)
     parallel = dataset.generate("qcd", 60, workers=2, **kwargs)
     assert len(np.unique(serial["event"] // 20)) >= 2  # spans several chunks
@@ -136,9 +137,10 @@ def test_load_or_generate_caches(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     first = dataset.load_or_generate("qcd", 10, seed=5, workers=1)
     assert path.exists()
     record = json.loads(path.with_suffix(".json").read_text())
-    assert record["n_jets"] == 10 and record["n_events"] >= 5
+    assert record["n_jets"] == 10
+    assert record["n_events"] >= 5
 
-    def refuse(*args, **kwargs):
+    def refuse(*_args, **_kwargs):
         raise AssertionError("generated again although cached")
 
     monkeypatch.setattr(dataset, "generate", refuse)
@@ -273,7 +275,8 @@ def test_acceptance() -> None:
     # Outside the tracker but inside the calorimeters: a charged pion becomes a neutral
     # hadron, an electron a photon; a muon without a track is lost.
     forward_pion = simulate(211, 10.0, 2.7, n=50)
-    assert len(forward_pion.pt) == 50 and np.all(forward_pion.ptype == detector.NEUTRAL_HADRON)
+    assert len(forward_pion.pt) == 50
+    assert np.all(forward_pion.ptype == detector.NEUTRAL_HADRON)
     assert np.all(forward_pion.charge == 0)
     forward_electron = simulate(11, 10.0, 2.7, n=50)
     assert np.all(forward_electron.ptype == detector.PHOTON)
@@ -290,10 +293,12 @@ def test_calorimeter_thresholds() -> None:
     # them only what fluctuated above, far above them everything.
     assert len(simulate(22, 0.2, 0.0, n=1000).pt) == 0
     near = simulate(22, 0.6, 0.0, n=1000)
-    assert 0 < len(near.pt) < 1000 and np.all(near.e > detector.ECAL_E_MIN)
+    assert 0 < len(near.pt) < 1000
+    assert np.all(near.e > detector.ECAL_E_MIN)
     assert len(simulate(22, 5.0, 0.0, n=1000).pt) == 1000
     near = simulate(2112, 1.0, 0.0, n=1000)  # E ≈ 1.37 GeV, R_h·E ≈ 1.1 GeV
-    assert 0 < len(near.pt) < 1000 and np.all(near.e > detector.HCAL_E_MIN)
+    assert 0 < len(near.pt) < 1000
+    assert np.all(near.e > detector.HCAL_E_MIN)
     assert len(simulate(2112, 30.0, 0.0, n=1000).pt) == 1000
 
 
@@ -330,22 +335,25 @@ def test_phi_wrapping() -> None:
     p.px[:], p.py[:] = -20.0, 1e-6
     reco = detector.simulate(p, np.random.default_rng(5))
     assert np.all((reco.phi > -np.pi) & (reco.phi <= np.pi))
-    assert (reco.phi < 0).any() and (reco.phi > 0).any()
+    assert (reco.phi < 0).any()
+    assert (reco.phi > 0).any()
 
 
 # --- generator-level constituents and the cache -----------------------------------------
 
 def test_truth_constituents_leave_the_rest_unchanged() -> None:
-    kwargs = dict(seed=21, workers=1, events_per_chunk=40, progress=False)
+    kwargs = {"seed": 21, "workers": 1, "events_per_chunk": 40, "progress": False}
     plain = dataset.generate("ttbar", 40, **kwargs)
     truth = dataset.generate("ttbar", 40, truth=True, **kwargs)
     assert set(truth) == set(plain) | {"gen_constituents", "n_gen_constituents"}
     for key in plain:  # no random number is drawn for them
         np.testing.assert_array_equal(plain[key], truth[key], err_msg=key)
     gen, n = truth["gen_constituents"], truth["n_gen_constituents"].astype(int)
-    assert gen.shape == (40, 128, 6) and gen.dtype == np.float32
+    assert gen.shape == (40, 128, 6)
+    assert gen.dtype == np.float32
     real = gen[..., 0] > 0
-    assert np.array_equal(real.sum(axis=1), np.minimum(n, 128)) and np.all(gen[~real] == 0)
+    assert np.array_equal(real.sum(axis=1), np.minimum(n, 128))
+    assert np.all(gen[~real] == 0)
     assert np.all(np.diff(gen[..., 0], axis=1) <= 0)  # pt descending
     # Stable visible particles: more of them than reconstructed objects, every type present,
     # the charge of a charged one kept (the detector only keeps tracked charges).
@@ -380,7 +388,7 @@ def test_a_smaller_sample_is_the_start_of_a_cached_larger_one(tmp_path, monkeypa
     monkeypatch.setattr(dataset, "EVENTS_PER_CHUNK", 20)
     large = dataset.load_or_generate("qcd", 30, seed=6, workers=1, truth=True)
 
-    def refuse(*args, **kwargs):
+    def refuse(*_args, **_kwargs):
         raise AssertionError("generated although a larger sample is cached")
 
     monkeypatch.setattr(dataset, "generate", refuse)

@@ -66,7 +66,8 @@ def test_tagger_served_matches_in_process_and_its_card(server):
     assert again["auc"] == pytest.approx(expected["auc"], abs=1e-4)
     assert again["rejection_at_30"] == pytest.approx(expected["rejection_at_30"], rel=0.02)
     card = (REPOSITORY / "jet_tagger" / "model_card.md").read_text()
-    assert f"{expected['auc']:.4f}" in card and f"{default['test']['auc']:.4f}" in card
+    assert f"{expected['auc']:.4f}" in card
+    assert f"{default['test']['auc']:.4f}" in card
 
 
 def test_regression_served_matches_in_process_and_its_card(server):
@@ -100,7 +101,8 @@ def test_quick_training_pipeline_end_to_end(tmp_path):
 
     tagger = build_tagger(tmp_path, quick=True)
     regression = build_regression(tmp_path, quick=True)
-    assert tagger["quick"] and sorted(tagger["versions"]) == ["1", "2"]
+    assert tagger["quick"]
+    assert sorted(tagger["versions"]) == ["1", "2"]
     assert all(0.0 <= v["test"]["auc"] <= 1.0 for v in tagger["versions"].values())
     assert regression["test"]["inclusive"]["corrected"]["n"] > 0
     report = check_repository(tmp_path)
@@ -119,4 +121,5 @@ def test_grid_job_example_runs_against_the_server(server):
                              "--block", "32", "--server", server.grpc_url],
                             cwd=REPOSITORY.parent, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "150 events, 300 jets" in result.stdout and "events/s" in result.stdout
+    assert "150 events, 300 jets" in result.stdout
+    assert "events/s" in result.stdout

@@ -19,7 +19,6 @@ import os
 import posixpath
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import free_port
 from tritonclient.grpc import service_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,7 +253,8 @@ def test_cpu_overlays_request_no_gpu(overlay: str) -> None:
         assert gpu_count(container, "limits") is None, name
         assert gpu_count(container, "requests") is None, name
     spec = find(objects, "Deployment", "triton")["spec"]["template"]["spec"]
-    assert "nodeSelector" not in spec and "tolerations" not in spec
+    assert "nodeSelector" not in spec
+    assert "tolerations" not in spec
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -403,15 +404,17 @@ def test_no_secret_values_in_manifests(target: str) -> None:
     objects = render(target)
     for obj in objects:
         if obj["kind"] == "Secret":
-            assert not obj.get("data") and not obj.get("stringData"), \
-                f"Secret/{obj['metadata']['name']} carries values"
+            assert not obj.get("data"), f"Secret/{obj['metadata']['name']} carries values"
+            assert not obj.get("stringData"), f"Secret/{obj['metadata']['name']} carries values"
     for name, container in all_containers(objects):
         for env in container.get("env", []):
             if CREDENTIAL_NAME.search(env["name"]):
-                assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), \
+                assert "value" not in env, f"{name}: {env['name']} must come from a Secret"
+                assert "secretKeyRef" in env.get("valueFrom", {}), \
                     f"{name}: {env['name']} must come from a Secret"
     text = render_text(target)
-    assert "BEGIN PRIVATE KEY" not in text and "BEGIN RSA PRIVATE KEY" not in text
+    assert "BEGIN PRIVATE KEY" not in text
+    assert "BEGIN RSA PRIVATE KEY" not in text
 
 
 def test_s3_component_takes_credentials_from_a_secret() -> None:
@@ -421,7 +424,8 @@ def test_s3_component_takes_credentials_from_a_secret() -> None:
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "offload-s3-credentials"
     kinds = {o["kind"] for o in objects}
-    assert "PersistentVolumeClaim" not in kinds and "Pod" not in kinds
+    assert "PersistentVolumeClaim" not in kinds
+    assert "Pod" not in kinds
     spec = find(objects, "Deployment", "triton")["spec"]["template"]["spec"]
     assert "initContainers" not in spec or not spec["initContainers"]
 
@@ -447,10 +451,12 @@ def test_services_and_exposure() -> None:
 def test_autoscaling_keda_and_hpa() -> None:
     scaled = find(render("gpu"), "ScaledObject", "triton")["spec"]
     trigger = scaled["triggers"][0]
-    assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
+    assert trigger["type"] == "prometheus"
+    assert trigger["metricType"] == "Value"
     query = " ".join(trigger["metadata"]["query"].split())
     assert "rate(nv_inference_queue_duration_us" in query
-    assert "rate(nv_inference_exec_count" in query and "/" in query
+    assert "rate(nv_inference_exec_count" in query
+    assert "/" in query
     assert 1 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"]
     assert scaled["cooldownPeriod"] > 0
     with_hpa = render("gpu+hpa")
@@ -863,7 +869,8 @@ def test_envoy_is_a_grpc_balancer(target: str) -> None:
     route = next(r for r in manager["route_config"]["virtual_hosts"][0]["routes"]
                  if "route" in r)["route"]
     assert "unavailable" in route["retry_policy"]["retry_on"].split(",")
-    assert route["timeout"] not in ("0s", 0) and route["retry_policy"]["per_try_timeout"]
+    assert route["timeout"] not in ("0s", 0)
+    assert route["retry_policy"]["per_try_timeout"]
     assert manager["stream_idle_timeout"]
     filters = [f["name"] for f in manager["http_filters"]]
     assert filters[-1] == "envoy.filters.http.router"
@@ -1105,7 +1112,8 @@ def test_jwt_component_is_the_base_config_plus_jwt() -> None:
     so that a change to the base (a refused RPC, a limit) cannot be forgotten there."""
     base = yaml.safe_load((K8S / "base/envoy/envoy.yaml").read_text())
     jwt = yaml.safe_load((K8S / "components/jwt-auth/envoy.yaml").read_text())
-    assert jwt != base and without_jwt(jwt) == base
+    assert jwt != base
+    assert without_jwt(jwt) == base
     assert envoy_config(render("gpu+jwt-auth")) == jwt  # and it is what the component ships
     drifted = copy.deepcopy(jwt)
     grpc_routes(drifted)[1].pop(0)  # a refusal lost in the copy only
@@ -1147,7 +1155,8 @@ def test_ingress_limits_the_body_like_envoy(target: str) -> None:
 
 
 def test_ingress_check_finds_no_limit() -> None:
-    assert nginx_bytes("16m") == 16777216 and nginx_bytes("0") == 0
+    assert nginx_bytes("16m") == 16777216
+    assert nginx_bytes("0") == 0
     objects = render("gpu")
     annotations = find(objects, "Ingress", "offload")["metadata"]["annotations"]
     annotations["nginx.ingress.kubernetes.io/proxy-body-size"] = "0"
@@ -1195,19 +1204,14 @@ class Metrics:
         self.thread.join(5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def drain_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The script exactly as rendered into the ConfigMap the preStop hook runs."""
     objects = render("gpu")
     triton = triton_container(objects)
     command = triton["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "/bin/bash" and len(command) == 2
+    assert command[0] == "/bin/bash"
+    assert len(command) == 2
     mount = next(m for m in triton["volumeMounts"] if command[1].startswith(m["mountPath"]))
     spec = find(objects, "Deployment", "triton")["spec"]["template"]["spec"]
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
@@ -1251,7 +1255,8 @@ def test_prestop_serves_for_the_minimum_even_when_idle(drain_script: Path,
     with Metrics() as metrics:
         elapsed, code = run_drain(drain_script, metrics.port, log,
                                   DRAIN_MIN_SECONDS="2", DRAIN_MAX_SECONDS="20")
-    assert code == 0 and 2 <= elapsed < 5, elapsed
+    assert code == 0
+    assert 2 <= elapsed < 5, elapsed
     assert "drained after 2s" in log.read_text()
 
 
@@ -1262,7 +1267,8 @@ def test_prestop_is_bounded_by_its_maximum(drain_script: Path, tmp_path: Path) -
         metrics.pending["jet_tagger"] = 7
         elapsed, code = run_drain(drain_script, metrics.port, log,
                                   DRAIN_MIN_SECONDS="1", DRAIN_MAX_SECONDS="3")
-    assert code == 0 and 3 <= elapsed < 6, elapsed
+    assert code == 0
+    assert 3 <= elapsed < 6, elapsed
     assert "gave up after 3s with 7 pending requests" in log.read_text()
 
 
@@ -1271,7 +1277,8 @@ def test_prestop_returns_when_triton_is_gone(drain_script: Path, tmp_path: Path)
     log.touch()
     elapsed, code = run_drain(drain_script, free_port(), log,
                               DRAIN_MIN_SECONDS="1", DRAIN_MAX_SECONDS="20")
-    assert code == 0 and 1 <= elapsed < 4, elapsed
+    assert code == 0
+    assert 1 <= elapsed < 4, elapsed
     assert "not answering" in log.read_text()
 
 
@@ -1285,7 +1292,8 @@ def test_supersonic_prestop_never_sleeps(tmp_path: Path) -> None:
     result = subprocess.run(["/bin/sh", "-c", "touch", f"{marker};", "sleep 60"],
                             capture_output=True, text=True, timeout=30, check=False)
     assert time.monotonic() - started < 5
-    assert result.returncode != 0 and "missing file operand" in result.stderr
+    assert result.returncode != 0
+    assert "missing file operand" in result.stderr
     assert not marker.exists()
     command = triton_container(render("gpu"))["lifecycle"]["preStop"]["exec"]["command"]
     assert command[:2] != ["/bin/sh", "-c"] or len(command) == 3

@@ -1,4 +1,4 @@
-"""The locustfile (perf/locustfile.py) against a real embedded server, headless, a few
+"""The locustfile (k8s/locust/locustfile.py) against a real embedded server, headless, a few
 seconds; `make load`'s wrapper; and the Kubernetes manifest that runs locust in a cluster."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "k8s" / "locust" / "locustfile.py"
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +25,14 @@ def tagger_server():
 
 
 def _locust(host: str, prefix: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "locust", "-f", "perf/locustfile.py", "--headless",
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                "--host", host, "-u", "2", "-r", "2", "-t", "3s", "--csv", str(prefix),
                "--exit-code-on-error", "3", "--stop-timeout", "5", "--only-summary", *extra]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def _stats(prefix: Path) -> dict[str, dict]:
-    with open(f"{prefix}_stats.csv", newline="") as handle:
+    with Path(f"{prefix}_stats.csv").open(newline="") as handle:
         return {row["Name"]: row for row in csv.DictReader(handle)}
 
 
@@ -42,7 +43,8 @@ def test_locust_grpc_user_reports_each_inference(tagger_server, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     row = _stats(prefix)["jet_tagger"]
     assert row["Type"] == "grpc"
-    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+    assert int(row["Request Count"]) > 0
+    assert int(row["Failure Count"]) == 0
     assert float(row["Average Content Size"]) == 4 * 4  # batch 4 x one float32 score
     # Triton saw those requests (at least as many as locust wrote down before its CSV)
     import offload
@@ -59,7 +61,7 @@ def test_locust_unknown_model_is_a_failure_and_a_nonzero_exit(tagger_server, tmp
     # the address from the environment variable this time (no --host)
     monkeypatch.setenv("OFFLOAD_SERVERS", tagger_server.grpc_url)
     monkeypatch.setenv("OFFLOAD_LOAD_MODELS", "jet_tagger,no_such_model")
-    command = [sys.executable, "-m", "locust", "-f", "perf/locustfile.py", "--headless",
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                "-u", "1", "-r", "1", "-t", "2s", "--csv", str(prefix),
                "--exit-code-on-error", "3", "--stop-timeout", "5", "--only-summary"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -68,9 +70,19 @@ def test_locust_unknown_model_is_a_failure_and_a_nonzero_exit(tagger_server, tmp
     assert int(stats["no_such_model"]["Failure Count"]) > 0
     assert int(stats["jet_tagger"]["Request Count"]) > 0
     assert int(stats["jet_tagger"]["Failure Count"]) == 0
-    with open(f"{prefix}_failures.csv", newline="") as handle:
+    with Path(f"{prefix}_failures.csv").open(newline="") as handle:
         errors = " ".join(row["Error"] for row in csv.DictReader(handle))
     assert "no_such_model" in errors
+
+
+def test_the_wrapper_runs_the_one_locustfile_of_the_package():
+    from offload_perf import load
+
+    assert load.locustfile() == LOCUSTFILE  # offload_deploy's package data (k8s/ here)
+    assert not (ROOT / "perf" / "locustfile.py").exists()  # no second copy to drift
+    printed = subprocess.run([sys.executable, "-m", "offload_perf.load", "--locustfile"],
+                             capture_output=True, text=True, timeout=60, check=True)
+    assert Path(printed.stdout.strip()) == LOCUSTFILE
 
 
 def test_make_load_wrapper_against_a_running_server(tagger_server, tmp_path):
@@ -82,9 +94,12 @@ def test_make_load_wrapper_against_a_running_server(tagger_server, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads(summary.read_text())
-    assert record["exit_code"] == 0 and record["machine"]["cores"]
+    assert record["exit_code"] == 0
+    assert record["machine"]["cores"]
     (tagger,) = [r for r in record["stats"] if r["name"] == "jet_tagger"]
-    assert tagger["requests"] > 0 and tagger["failures"] == 0 and tagger["p99_ms"] > 0
+    assert tagger["requests"] > 0
+    assert tagger["failures"] == 0
+    assert tagger["p99_ms"] > 0
     assert (tmp_path / "load" / "load.html").stat().st_size > 10_000
 
 
@@ -100,7 +115,8 @@ def test_make_load_starts_and_stops_the_embedded_server(tmp_path):
     record = json.loads((tmp_path / "summary.json").read_text())
     assert record["server"].startswith("embedded tritonserver at 127.0.0.1:")
     (tagger,) = [r for r in record["stats"] if r["name"] == "jet_tagger"]
-    assert tagger["requests"] > 0 and tagger["failures"] == 0
+    assert tagger["requests"] > 0
+    assert tagger["failures"] == 0
     # the server it started is gone: nothing listens on its port any more
     import socket
 
@@ -126,15 +142,16 @@ def test_locust_kubernetes_manifest_renders_and_validates():
         kubernetes_validate.validate(document, "1.30", strict=True)
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in documents}
     config_map = next(d for d in documents if d["kind"] == "ConfigMap")
-    # the locustfile travels as the repository's own file
-    assert config_map["data"]["locustfile.py"] == (ROOT / "perf" / "locustfile.py").read_text()
+    # the locustfile travels as the repository's own file, the one `make load` runs
+    assert config_map["data"]["locustfile.py"] == LOCUSTFILE.read_text()
     master = by_name["Deployment", "locust-master"]["spec"]["template"]["spec"]
     worker = by_name["Deployment", "locust-worker"]["spec"]["template"]["spec"]
     for pod in (master, worker):
         assert pod["securityContext"]["runAsNonRoot"] is True
         for container in pod["containers"] + pod.get("initContainers", []):
             assert container["image"].split(":")[-1] not in ("", "latest")
-            assert container["resources"]["limits"] and container["resources"]["requests"]
+            assert container["resources"]["limits"]
+            assert container["resources"]["requests"]
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert "--master" in master["containers"][0]["args"]
     worker_args = worker["containers"][0]["args"]

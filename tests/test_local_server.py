@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import os
-import queue
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import tiny_models as tm
 import tritonclient.grpc as grpcclient
-from conftest import group_alive, stop_group
+from helpers import FREE_PORTS, OFFLOAD, ROOT, ServeProcess, group_alive, stop_group
 from tritonclient.utils import InferenceServerException
 
-from offload import PortInUseError
 from offload_server import LocalServer
-
-ROOT = Path(__file__).resolve().parent.parent
-OFFLOAD = [sys.executable, "-m", "offload.cli"]
+from offload_server.errors import PortInUseError
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +51,21 @@ time.sleep(600)
 
 def test_a_killed_owner_leaves_no_server_behind(small_repo):
     """A job that dies without stopping its server (kill -9) takes the server with it."""
-    owner = subprocess.Popen([sys.executable, "-c", _OWNER, str(small_repo)],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        triton_pid, front_pid = map(int, owner.stdout.readline().split())
-        assert group_alive(triton_pid)
-        owner.kill()
-        owner.wait()
-        deadline = time.monotonic() + 30
-        while (group_alive(triton_pid) or _alive(front_pid)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not group_alive(triton_pid)
-        assert not _alive(front_pid)
-    finally:
-        if owner.poll() is None:
+    with subprocess.Popen([sys.executable, "-c", _OWNER, str(small_repo)],
+                          stdout=subprocess.PIPE, text=True) as owner:
+        try:
+            triton_pid, front_pid = map(int, owner.stdout.readline().split())
+            assert group_alive(triton_pid)
             owner.kill()
+            owner.wait()
+            deadline = time.monotonic() + 30
+            while (group_alive(triton_pid) or _alive(front_pid)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not group_alive(triton_pid)
+            assert not _alive(front_pid)
+        finally:
+            if owner.poll() is None:
+                owner.kill()
 
 
 def _alive(pid: int) -> bool:
@@ -102,7 +96,7 @@ def test_port_in_use_is_refused_before_starting(small_repo):
 
 
 def test_missing_repository_is_a_clear_error(tmp_path):
-    from offload import ModelRepositoryError
+    from offload_server.errors import ModelRepositoryError
 
     with pytest.raises(ModelRepositoryError, match="does not exist"):
         LocalServer(tmp_path / "nowhere").start()
@@ -132,45 +126,20 @@ def test_import_offload_stays_thin():
     assert result.stdout.strip() == "[]"
 
 
-class ServeProcess:
-    """`offload serve` in a subprocess, its output read line by line without blocking."""
+def test_server_errors_live_with_the_server():
+    """Errors only the server side raises are offload_server's, still OffloadErrors; the
+    thin client does not carry them."""
+    import offload
+    import offload.errors
+    from offload_server import errors
 
-    def __init__(self, *args: str, command: list[str] | None = None) -> None:
-        # Its own session, so that a test can signal the whole group as a terminal's Ctrl-C
-        # would.
-        self.process = subprocess.Popen(command or [*OFFLOAD, "serve", *args], cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float = 180) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            if match := re.search(pattern, line):
-                return match
-        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.seen)}")
-
-    def output(self) -> str:
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return "".join(self.seen)
-
-
-FREE_PORTS = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+    for name in ("ServerError", "TritonNotInstalledError", "PortInUseError",
+                 "ServerStartError", "ModelRepositoryError"):
+        assert issubclass(getattr(errors, name), offload.OffloadError), name
+        assert not hasattr(offload, name), name
+        assert not hasattr(offload.errors, name), name
+    assert issubclass(errors.ServerStartError, errors.ServerError)
+    assert errors.ModelRepositoryError("bad", ["a", "b"]).problems == ["a", "b"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -214,7 +183,8 @@ def test_make_serve_starts_the_server_and_ctrl_c_stops_it(small_repo):
         grpc_url = serve.wait_for(r"gRPC\s+(\S+)").group(1)
         client = grpcclient.InferenceServerClient(grpc_url)
         assert client.is_server_ready()
-        assert client.is_model_ready("mlp_a") and client.is_model_ready("mlp_b")
+        assert client.is_model_ready("mlp_a")
+        assert client.is_model_ready("mlp_b")
         client.close()
         os.killpg(serve.process.pid, signal.SIGINT)  # Ctrl-C reaches the foreground group
         serve.process.wait(timeout=30)
@@ -257,7 +227,7 @@ def test_offload_repo_check_cli_exit_codes(small_repo, tmp_path):
                          text=True, timeout=120)
     assert bad.returncode == 1
     assert "ERROR model 'broken': input 'x'" in bad.stdout
-    assert os.path.exists(tmp_path / "broken" / "1" / "model.onnx")
+    assert (tmp_path / "broken" / "1" / "model.onnx").exists()
 
 
 def test_poll_mode_with_passed_through_triton_flag_loads_a_model_added_later(tmp_path):

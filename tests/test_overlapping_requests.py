@@ -1,12 +1,12 @@
 """Overlapping requests do not stall (issue 15, item 3).
 
-Triton 2.51's dynamic batcher, when the model's queue has a policy (every repository model
-has one: at most 256 waiting, 10 s), cannot prefetch: it waits for an idle instance. Its only
-wake-up comes from the running batch's completion, just *before* that instance is idle
-again; when the batcher looks too early it sleeps its default 500 ms. With one instance a
-request that cannot join the running batch (256 + 44 rows > max_batch_size 256) then waits
-~500 ms for ~12 ms of compute. A second instance is idle, or wakes the batcher when it
-finishes (README, "CPU backends"; figures in perf/RESULTS.md).
+Triton 2.51's dynamic batcher, when the model's queue has a policy, cannot prefetch: it
+waits for an idle instance. Its only wake-up comes from the running batch's completion,
+just *before* that instance is idle again; when the batcher looks too early it sleeps its
+default 500 ms. With one instance a request that cannot join the running batch (256 + 44
+rows > max_batch_size 256) then waited ~500 ms for ~12 ms of compute. The repository's CPU
+configs now set no policy (the batcher prefetches), and keep two instances; the GPU
+variants keep a policy with two instances (README, "CPU backends"; perf/RESULTS.md).
 
 The guard does not time anything on the client: it reads Triton's own statistics per trial
 (execution count: the two requests ran as two batches, the case that stalled; queue time:
@@ -48,7 +48,8 @@ def test_every_config_with_a_queue_policy_has_two_instances(path):
     folder = path.parent if path.name == "config.pbtxt" else path.parents[1]
     variant = None if path.name == "config.pbtxt" else path.stem
     config = read_config(folder, variant)
-    assert config.dynamic_batching.HasField("default_queue_policy"), path
+    if not config.dynamic_batching.HasField("default_queue_policy"):
+        return  # the batcher prefetches: no stall with any number of instances
     instances = sum(group.count or 1 for group in config.instance_group) or 1
     assert instances >= 2, f"{path}: {instances} instance(s) with a queue policy"
 
@@ -94,7 +95,8 @@ def test_overlapping_requests_of_the_shower_generator_do_not_stall():
                 errors: list = []
                 done = threading.Semaphore(0)
 
-                def answered(result, error, errors=errors, done=done) -> None:
+                # tritonclient passes result= and error= by keyword: the names are its own.
+                def answered(result, error, errors=errors, done=done) -> None:  # noqa: ARG001
                     errors.append(error)
                     done.release()
 

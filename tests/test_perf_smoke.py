@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import closed_address
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +72,7 @@ def test_offload_perf_sweep_writes_csv_json_png(sweep_server, tmp_path):
     assert result.returncode == 0, result.stderr
     import csv
 
-    with open(tmp_path / "mlp.csv") as handle:
+    with (tmp_path / "mlp.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["Batch"], r["Concurrency"]) for r in rows] == [
         ("1", "1"), ("1", "2"), ("4", "1"), ("4", "2")]
@@ -93,17 +94,62 @@ def test_offload_perf_reports_instability_and_keeps_what_it_measured(sweep_serve
 
 def test_offload_perf_bad_targets(sweep_server, tmp_path):
     unknown = _sweep("nope", "--server", sweep_server.grpc_url, "--output", str(tmp_path))
-    assert unknown.returncode == 1 and "model 'nope'" in unknown.stderr
+    assert unknown.returncode == 1
+    assert "model 'nope'" in unknown.stderr
+    # Arguments the model refuses are usage errors (argparse: usage, exit code 2), found
+    # once the server has described the model.
     too_big = _sweep("mlp", "--server", sweep_server.grpc_url, "--batch", "5000",
                      "--output", str(tmp_path))
-    assert too_big.returncode == 1 and "exceed model 'mlp''s max_batch_size 1024" in too_big.stderr
-    import socket
+    assert too_big.returncode == 2
+    assert "usage: offload perf" in too_big.stderr
+    assert "argument --batch: batch size(s) [5000] exceed model 'mlp''s max_batch_size 1024" \
+        in too_big.stderr
+    import numpy as np
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, y=np.zeros((4, 4), np.float32))
+    no_inputs = _sweep("mlp", "--server", sweep_server.grpc_url, "--input-data", str(wrong),
+                       "--output", str(tmp_path))
+    assert no_inputs.returncode == 2
+    assert f"argument --input-data: {wrong} lacks input(s) x of model 'mlp'" in no_inputs.stderr
+    assert "Traceback" not in too_big.stderr + no_inputs.stderr
+    assert not (tmp_path / "mlp.csv").exists()  # nothing was measured
+    closed = closed_address()
     dead = _sweep("mlp", "--server", closed, "--timeout", "5", "--output", str(tmp_path))
-    assert dead.returncode == 1 and "unavailable" in dead.stderr
+    assert dead.returncode == 1
+    assert "unavailable" in dead.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--concurrency", "0"), "argument --concurrency: an integer >= 1 is needed, got '0'"),
+    (("--batch", "two"), "argument --batch: an integer >= 1 is needed, got 'two'"),
+    (("--window", "0"), "argument --window: a number > 0 is needed, got '0'"),
+    (("--max-trials", "0"), "argument --max-trials: an integer >= 1 is needed, got '0'"),
+])
+def test_offload_perf_bad_arguments_are_usage_errors(args, message, tmp_path):
+    result = _sweep("mlp", "--server", "127.0.0.1:1", *args, "--output", str(tmp_path))
+    assert result.returncode == 2
+    assert "usage: offload perf" in result.stderr
+    assert message in result.stderr
+
+
+def test_overlap_bad_arguments_are_usage_errors(tmp_path):
+    def overlap(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "offload_perf.overlap", *args,
+                               "--output", str(tmp_path / "out")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    trials = overlap("--trials", "0")
+    unknown = overlap("--model", "nope")
+    nowhere = overlap("--repository", str(tmp_path / "none"))
+    for result in (trials, unknown, nowhere):
+        assert result.returncode == 2, result.stderr
+        assert "usage:" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert "argument --trials: an integer >= 1 is needed, got '0'" in trials.stderr
+    assert "argument --model: model(s) nope not in the repository" in unknown.stderr
+    assert f"argument --repository: no folder {tmp_path / 'none'}" in nowhere.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_dynamic_batching_comparison_smoke(tmp_path):
@@ -117,8 +163,10 @@ def test_dynamic_batching_comparison_smoke(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     (row,) = json.loads((tmp_path / "out" / "dynamic_batching.json").read_text())
-    assert row["model"] == "mlp" and row["ratio"] > 0
-    assert row["batched"]["throughput"] > 0 and row["unbatched"]["throughput"] > 0
+    assert row["model"] == "mlp"
+    assert row["ratio"] > 0
+    assert row["batched"]["throughput"] > 0
+    assert row["unbatched"]["throughput"] > 0
     assert row["unbatched"]["mean_batch"] == 1.0  # without the batcher nothing is merged
     assert "ratio" in result.stdout
 
@@ -137,7 +185,9 @@ def test_service_efficiency_smoke(tmp_path):
     rows = json.loads((tmp_path / "out" / "service_efficiency.json").read_text())
     assert [(r["model"], r["batch"]) for r in rows] == [("mlp", 1), ("mlp", 16)]
     for row in rows:
-        assert row["in_process"] > 0 and row["served_c1"] > 0 and row["served_c4"] > 0
+        assert row["in_process"] > 0
+        assert row["served_c1"] > 0
+        assert row["served_c4"] > 0
         assert row["ratio_c1"] == row["served_c1"] / row["in_process"]
 
 
@@ -167,16 +217,19 @@ instance_group [ { count: 2 } ]""")
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "out" / "overlap.json").read_text())
-    assert record["machine"]["cores"] and record["stall_ms"] == 400
+    assert record["machine"]["cores"]
+    assert record["stall_ms"] == 400
     rows = {(r["configuration"], r["pattern"]): r for r in record["rows"]}
-    assert set(rows) == {(c, p) for c in ("as committed", "one instance")
+    before, single = "before: 1 instance + queue policy", "1 instance, no policy"
+    assert set(rows) == {(c, p) for c in ("as committed", before, single)
                          for p in ("pair", "triple")}
     assert rows["as committed", "pair"]["sizes"] == [1024, 176]
-    assert rows["one instance", "triple"]["sizes"] == [1024, 1024, 176]
+    assert rows[before, "triple"]["sizes"] == [1024, 1024, 176]
     assert rows["as committed", "pair"]["instances"] == 2
-    assert rows["one instance", "pair"]["instances"] == 1
+    assert rows[before, "pair"]["instances"] == rows[single, "pair"]["instances"] == 1
     for row in rows.values():
-        assert row["trials"] == 3 and row["worst_ms"] >= row["median_trial_ms"] > 0
+        assert row["trials"] == 3
+        assert row["worst_ms"] >= row["median_trial_ms"] > 0
         assert row["mean_executions"] >= 2  # the pieces did not merge (> max_batch_size)
         assert 0 <= row["stalls"] <= 3
 
@@ -212,20 +265,24 @@ def test_gpu_run_quick_mode_runs_here_and_notes_what_it_skips(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     environment = json.loads((tmp_path / "environment.json").read_text())
-    assert summary["quick"] is True and summary["elapsed_s"] < 300
+    assert summary["quick"] is True
+    assert summary["elapsed_s"] < 300
     torch_step = summary["steps"]["baseline torch"]["result"]
     devices = {row["device"] for row in torch_step["timings"]}
-    assert "cpu" in devices and all(row["rows_per_s"] > 0 for row in torch_step["timings"])
+    assert "cpu" in devices
+    assert all(row["rows_per_s"] > 0 for row in torch_step["timings"])
     server = summary["steps"]["server"]["result"]
     assert server["sweeps"]["calo_shower_generator"]
-    assert server["overlap"] and server["overlap"][0]["trials"] == 2
+    assert server["overlap"]
+    assert server["overlap"][0]["trials"] == 2
     assert server["served_vs_in_process_cpu"]["showers"] == 256
     assert (tmp_path / "sweeps" / "calo_shower_generator.json").is_file()
     assert (tmp_path / "tritonserver.log").stat().st_size > 0
     assert "# GPU run" in (tmp_path / "summary.md").read_text()
     if not environment["gpu"]:
         assert any("no CUDA device visible to torch" in n for n in summary["notes"])
-        assert server["config_variant"] is None and devices == {"cpu"}
+        assert server["config_variant"] is None
+        assert devices == {"cpu"}
         if _shutil.which("nvidia-smi") is None:
             assert any("the CPU configs (config.pbtxt)" in n for n in summary["notes"])
     else:  # on a GPU machine the same test checks the GPU path

@@ -22,8 +22,10 @@ def test_pad_constituents_sorts_pads_and_truncates():
     rng = np.random.default_rng(0)
     ragged = [_jet(rng, 5), _jet(rng, 200)]
     padded = pj.pad_constituents(ragged)
-    assert padded.shape == (2, pj.MAX_CONSTITUENTS, 6) and padded.dtype == np.float32
-    assert np.all(np.diff(padded[0, :5, 0]) <= 0) and np.all(padded[0, 5:] == 0)
+    assert padded.shape == (2, pj.MAX_CONSTITUENTS, 6)
+    assert padded.dtype == np.float32
+    assert np.all(np.diff(padded[0, :5, 0]) <= 0)
+    assert np.all(padded[0, 5:] == 0)
     assert np.all(padded[1, :, 0] > 0)  # 200 cut to the 128 hardest
     np.testing.assert_allclose(padded[1, 0, 0], ragged[1][:, 0].max(), rtol=1e-6)
 

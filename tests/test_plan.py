@@ -117,7 +117,7 @@ def test_bad_workloads_are_refused(workload, message):
 
 
 # ------------------------------------------------------------------------- command line
-def _cli(*args: str, cwd: Path = ROOT) -> tuple[int, str, str]:
+def _cli(*args: str) -> tuple[int, str, str]:
     import contextlib
     import io
 
@@ -139,7 +139,8 @@ def test_cli_prints_the_plan_and_writes_json(sweeps, tmp_path):
     assert "Test CPU (8 cores), GPU Test GPU" in out
     assert "0.007 Gbit/s at capacity" in out  # 937,500 B/s
     record = json.loads((tmp_path / "plan.json").read_text())
-    assert record["replicas"] == 6 and record["models"][0]["capacity"]["at_target"] == 3000
+    assert record["replicas"] == 6
+    assert record["models"][0]["capacity"]["at_target"] == 3000
 
 
 def test_cli_workload_file_and_bytes_from_the_repository(sweeps, tmp_path):
@@ -154,7 +155,8 @@ def test_cli_workload_file_and_bytes_from_the_repository(sweeps, tmp_path):
                           "--repository", str(ROOT / "model_repository"))
     assert code == 0, err
     (model,) = json.loads((tmp_path / "p.json").read_text())["models"]
-    assert model["model"] == "jet_tagger" and model["demand_per_job"] == 40
+    assert model["model"] == "jet_tagger"
+    assert model["demand_per_job"] == 40
     # 128 x (2 + 13 + 1) FP32 in, 1 FP32 out: 8,196 bytes a jet; 40 jets/s a job, 75 jobs.
     assert json.loads((tmp_path / "p.json").read_text())[
         "bandwidth_per_replica_at_capacity"] == pytest.approx(75 * 40 * 8196)
@@ -172,27 +174,37 @@ def test_cli_workload_file_and_bytes_from_the_repository(sweeps, tmp_path):
 def test_cli_errors(sweeps, extra, message):
     code, out, err = _cli(str(sweeps["a"]), str(sweeps["b"]), "--jobs", "1",
                           "--events-per-second", "1", "--bytes", "a=1", *extra)
-    assert code == 1 and out == ""
-    assert err.startswith("offload plan: error: ") and message in err, err
+    assert code == 1
+    assert out == ""
+    assert err.startswith("offload plan: error: "), err
+    assert message in err, err
 
 
 def test_cli_errors_about_the_inputs(sweeps, tmp_path):
     common = ["--jobs", "1", "--events-per-second", "1", "--inferences", "a=1", "--bytes", "a=1"]
     code, _, err = _cli(str(sweeps["a"]), "--events-per-second", "1", "--inferences", "a=1")
-    assert code == 1 and "the workload needs --jobs and --events-per-second" in err
+    assert code == 1
+    assert "the workload needs --jobs and --events-per-second" in err
     code, _, err = _cli(str(tmp_path / "missing.json"), *common)
-    assert code == 1 and "cannot read the sweep" in err and "missing.json" in err
+    assert code == 1
+    assert "cannot read the sweep" in err
+    assert "missing.json" in err
     (tmp_path / "a.csv").write_text("Concurrency,Batch\n1,1\n")
     code, _, err = _cli(str(tmp_path / "a.csv"), *common)
-    assert code == 1 and "is not JSON" in err and "not its .csv" in err
+    assert code == 1
+    assert "is not JSON" in err
+    assert "not its .csv" in err
     (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
     code, _, err = _cli(str(tmp_path / "other.json"), *common)
-    assert code == 1 and "is not an `offload perf` sweep" in err
+    assert code == 1
+    assert "is not an `offload perf` sweep" in err
     code, _, err = _cli(str(sweeps["a"]), str(sweeps["a"]), *common)
-    assert code == 1 and "two sweeps for 'a'" in err
+    assert code == 1
+    assert "two sweeps for 'a'" in err
     code, _, err = _cli(str(sweeps["a"]), "--jobs", "1", "--events-per-second", "1",
                         "--inferences", "a=1", "--repository", str(tmp_path))
-    assert code == 1 and "to size 'a''s rows; give --bytes a=B" in err
+    assert code == 1
+    assert "to size 'a''s rows; give --bytes a=B" in err
 
 
 def test_module_runs_as_a_command(sweeps):

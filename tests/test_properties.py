@@ -13,14 +13,13 @@ import struct
 import numpy as np
 import pytest
 import tiny_models as tm
-from conftest import DTYPE_MODELS, MLPS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import offload
-from offload import dtypes, protocol, tensors
-from offload.tensors import ModelInfo, TensorInfo
+from offload import codec, dtypes, inputs, protocol
+from offload.schema import ModelInfo, TensorInfo
 
 pb = protocol.service_pb2
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -85,9 +84,9 @@ def triton_bytes(value: np.ndarray) -> bytes:
 @given(models_and_inputs())
 def test_request_equals_the_protobuf_message_for_any_model_and_arrays(case):
     info, version, arrays = case
-    prepared = tensors.prepare(info, arrays)
-    built = tensors.build_request(pb, info, prepared, version)
-    again = tensors.build_request(pb, info, prepared, version)  # from the framing cache
+    prepared = inputs.prepare(info, arrays)
+    built = codec.build_request(pb, info, prepared, version)
+    again = codec.build_request(pb, info, prepared, version)  # from the framing cache
     assert again == built
     message = pb.ModelInferRequest.FromString(built)
     assert (message.model_name, message.model_version) == (info.name, version)
@@ -106,7 +105,7 @@ def test_request_equals_the_protobuf_message_for_any_model_and_arrays(case):
             assert raw == np.ascontiguousarray(little).tobytes()
     # The request with an id goes through the message classes: the same tensors.
     with_id = pb.ModelInferRequest.FromString(
-        tensors.build_request(pb, info, prepared, version, request_id="r-1"))
+        codec.build_request(pb, info, prepared, version, request_id="r-1"))
     assert with_id.id == "r-1"
     assert list(with_id.raw_input_contents) == list(message.raw_input_contents)
 
@@ -136,67 +135,80 @@ def test_input_checks_refuse_every_mismatch_with_an_offload_error(case, which, h
     else:
         spoiled[name] = value[:0] if info.batched else value.reshape(-1)[:0]
     with pytest.raises(offload.InvalidInputError) as refused:
-        tensors.prepare(info, spoiled)
+        inputs.prepare(info, spoiled)
     assert f"model '{info.name}'" in str(refused.value)
     assert name in str(refused.value)
 
 
 # ------------------------------------------------------------------ response decoder
+def _response(name: str, arrays: dict[str, np.ndarray], datatypes: dict[str, str]) -> bytes:
+    message = pb.ModelInferResponse(model_name=name)
+    for tensor_name, value in arrays.items():
+        datatype = datatypes[tensor_name]
+        message.outputs.add(name=tensor_name, datatype=datatype, shape=value.shape)
+        message.raw_output_contents.append(
+            triton_bytes(value) if datatype == "BYTES" else
+            dtypes.float32_to_bf16_bytes(value) if datatype == "BF16" else
+            np.ascontiguousarray(value.astype(value.dtype.newbyteorder("<"))).tobytes())
+    return message.SerializeToString()
+
+
+def _assert_decoded(decoded: dict, arrays: dict, datatypes: dict) -> None:
+    for name, value in arrays.items():
+        if datatypes[name] == "BYTES":
+            expected = [v.encode() if isinstance(v, str) else v for v in value.reshape(-1)]
+            assert list(decoded[name].reshape(-1)) == expected
+        elif datatypes[name] == "BF16":
+            np.testing.assert_allclose(decoded[name], value, rtol=2**-8, atol=BF16_TINY)
+        else:
+            np.testing.assert_array_equal(decoded[name], value)
+
+
 @FAST
 @given(models_and_inputs())
 def test_any_response_decodes_to_its_arrays(case):
+    """A model's responses (its inputs' values echoed as outputs) decode right: parsed in
+    full, then learnt and recognised by their head bytes (the second and third responses
+    take the fast path), and a response of other shapes after them is still read right."""
     info, _, arrays = case
-    message = pb.ModelInferResponse(model_name=info.name)
-    for tensor in info.inputs:
-        value = arrays[tensor.name]
-        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=value.shape)
-        message.raw_output_contents.append(
-            triton_bytes(value) if tensor.datatype == "BYTES" else
-            dtypes.float32_to_bf16_bytes(value) if tensor.datatype == "BF16" else
-            np.ascontiguousarray(value.astype(value.dtype.newbyteorder("<"))).tobytes())
-    payload = message.SerializeToString()
-    # Parsed in full; then learnt, and recognised by its head bytes (twice: the second and
-    # third responses of a model take the fast path); and a response of another shape
-    # after them is still read right.
-    learner = ModelInfo(info.name, "", "p", 0, (), ())
-    other = pb.ModelInferResponse(model_name=info.name)
-    other.outputs.add(name="z", datatype="INT8", shape=[3])
-    other.raw_output_contents.append(b"\x01\x02\x03")
+    datatypes = {t.name: t.datatype for t in info.inputs}
+    payload = _response(info.name, arrays, datatypes)
+    learner = ModelInfo(info.name, "", "p", 0, (), tuple(
+        TensorInfo(t.name, t.datatype, tuple(-1 for _ in t.shape)) for t in info.inputs))
+    flat = {name: value.reshape(-1) if value.ndim != 1 else np.concatenate([value, value])
+            for name, value in arrays.items()}
     for index, info_or_none in enumerate((None, learner, learner, learner)):
-        decoded = tensors.decode_response(pb, payload, info_or_none)
+        _assert_decoded(codec.decode_response(pb, payload, info_or_none), arrays, datatypes)
         if index == 2:
             assert learner.responses, "nothing learnt from the response"
-            stranger = tensors.decode_response(pb, other.SerializeToString(), learner)
-            np.testing.assert_array_equal(stranger["z"], [1, 2, 3])
-        for tensor in info.inputs:
-            value = arrays[tensor.name]
-            if tensor.datatype == "BYTES":
-                expected = [v.encode() if isinstance(v, str) else v for v in value.reshape(-1)]
-                assert list(decoded[tensor.name].reshape(-1)) == expected
-            elif tensor.datatype == "BF16":
-                np.testing.assert_allclose(decoded[tensor.name], value, rtol=2**-8,
-                                           atol=BF16_TINY)
-            else:
-                np.testing.assert_array_equal(decoded[tensor.name], value)
+            other = codec.decode_response(pb, _response(info.name, flat, datatypes), learner)
+            _assert_decoded(other, flat, datatypes)
+    stranger = dict(arrays, unexpected_output=np.zeros(2, np.int8))
+    with pytest.raises(offload.ProtocolError, match="the model declares"):
+        codec.decode_response(pb, _response(info.name, stranger, {
+            **datatypes, "unexpected_output": "INT8"}), learner)
 
 
 @FAST
 @given(st.binary(max_size=200))
 def test_garbage_responses_raise_protocol_error_or_decode(payload):
     try:
-        tensors.decode_response(pb, payload)
+        codec.decode_response(pb, payload)
     except offload.ProtocolError as error:
-        assert "malformed" in str(error) or "cannot be decoded" in str(error) or \
-            "raw tensors" in str(error)
+        message = str(error)
+    else:
+        return  # (bytes that happen to be a valid response)
+    assert any(words in message for words in (
+        "malformed", "cannot be decoded", "raw tensors", "has no outputs"))
 
 
 def test_float32_beyond_bfloat16_range_is_refused():
     info = ModelInfo("m", "", "p", 0, (TensorInfo("x", "BF16", (-1,)),), ())
     for value in (3.4e38, -3.3962e38, np.finfo(np.float32).max):
         with pytest.raises(offload.InvalidInputError, match="exceed bfloat16's largest"):
-            tensors.prepare(info, {"x": np.array([1.0, value], np.float32)})
+            inputs.prepare(info, {"x": np.array([1.0, value], np.float32)})
     edge = np.array([dtypes.BF16_MAX, -dtypes.BF16_MAX], np.float32)  # the largest: fine
-    raw = tensors.build_request(pb, info, tensors.prepare(info, {"x": edge}), "")
+    raw = codec.build_request(pb, info, inputs.prepare(info, {"x": edge}), "")
     sent = pb.ModelInferRequest.FromString(raw).raw_input_contents[0]
     np.testing.assert_array_equal(dtypes.bf16_bytes_to_float32(sent), edge)
 
@@ -206,15 +218,15 @@ def test_truncated_bytes_output_is_a_protocol_error():
     message.outputs.add(name="text", datatype="BYTES", shape=[1])
     message.raw_output_contents.append(struct.pack("<I", 100) + b"short")
     with pytest.raises(offload.ProtocolError, match=r"model 'm', output 'text'.*overruns"):
-        tensors.decode_response(pb, message.SerializeToString())
+        codec.decode_response(pb, message.SerializeToString())
 
 
 # ------------------------------------------------------------------ the CPU backends
-@pytest.mark.parametrize("backend", sorted(DTYPE_MODELS))
+@pytest.mark.parametrize("backend", sorted(tm.DTYPE_MODELS))
 def test_served_dtype_models_match_numpy_for_any_values_and_batch(server, backend):
     """Over real gRPC, for any batch size (1-40; the model takes 16, so larger ones are
     split) and any values of five types, each backend computes what numpy does."""
-    name = DTYPE_MODELS[backend][0]
+    name = tm.DTYPE_MODELS[backend][0]
     # TensorFlow flushes subnormal floats to zero in arithmetic (as on GPUs), so a*2 is
     # checked on normal numbers; every other value, identity b included, is free.
     finite32 = {"allow_nan": False, "allow_infinity": False, "width": 32,
@@ -246,7 +258,7 @@ def test_runner_gives_the_same_rows_merged_or_alone(tmp_path_factory, backend):
     from offload_server.backends import load_in_process
 
     repo = tmp_path_factory.mktemp(f"merge-{backend}")
-    name, export, input_name, output_name = MLPS[backend]
+    name, export, input_name, output_name = tm.MLPS[backend]
     export(repo, name)
     runner = load_in_process(repo / name)
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
-from conftest import stop_group
-from test_local_server import FREE_PORTS, ServeProcess
+from helpers import FREE_PORTS, ServeProcess, stop_group
 
 import offload
 from offload_server import LocalServer, ServerTLS
@@ -99,7 +98,7 @@ def test_offload_serve_with_a_token_refuses_requests_without_it(repo, tmp_path, 
             stop_group(triton_pid)
 
 
-@pytest.mark.parametrize("content, message", [("", "is empty"),
+@pytest.mark.parametrize(("content", "message"), [("", "is empty"),
                                               ("a b", "printable ASCII without spaces")])
 def test_offload_serve_refuses_an_unusable_token_file(repo, tmp_path, content, message):
     token_file = tmp_path / "token"
@@ -121,7 +120,8 @@ def test_no_token_in_logs_or_on_any_command_line(repo, caplog):
     with LocalServer(repo, token=SECRET) as server:
         assert [m.name for m in server.models()] == ["mlp"]
         log_text = Path(server.log_file).read_text()
-        assert server.pid is not None and server.front_pid is not None
+        assert server.pid is not None
+        assert server.front_pid is not None
         lines = {pid: _command_line(pid) for pid in (server.pid, server.front_pid)}
         with offload.Client(server.grpc_url, token=SECRET) as client:
             assert client.model("mlp").infer(x=_x(1))["y"].shape == (1, tm.N_OUT)

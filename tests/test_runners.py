@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 import tiny_models as tm
 
-from offload.errors import ModelRepositoryError
 from offload_server.backends.onnx_runner import OnnxRunner
 from offload_server.backends.torchscript_runner import TorchScriptRunner
+from offload_server.errors import ModelRepositoryError
 from offload_server.model_spec import spec_from_folder
 
 
@@ -161,13 +161,15 @@ def test_placement(backend, kind, device, cuda, expected, warned):
     if warned is None:
         assert chosen.warning is None
     else:
-        assert warned in chosen.warning and "model 'm'" in chosen.warning
+        assert warned in chosen.warning
+        assert "model 'm'" in chosen.warning
 
 
 def test_cuda_devices_of_cpu_only_backends_is_zero():
     from offload_server.backends.placement import cuda_devices
 
-    assert cuda_devices("onnxruntime") == 0 and cuda_devices("tensorflow") == 0
+    assert cuda_devices("onnxruntime") == 0
+    assert cuda_devices("tensorflow") == 0
     import torch
 
     assert cuda_devices("pytorch") == (torch.cuda.device_count()

@@ -33,6 +33,7 @@ import h2.settings
 import numpy as np
 import pytest
 import tiny_models as tm
+from helpers import free_port
 from ledger import StreamingClient
 
 import offload
@@ -50,11 +51,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tm.export_onnx_mlp(repo, "mlp")
     tm.export_echo(repo, "echo_fp32", "TYPE_FP32", dims=(-1,))
     return repo
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory):
-    return tm.export_onnx_mlp(tmp_path_factory.mktemp("security-reference"), "mlp")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +101,7 @@ def listening(pid: int) -> list[tuple[str, int]]:
     """The TCP addresses a process listens on, from /proc."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd) if fd.is_symlink() else ""
+        target = str(fd.readlink()) if fd.is_symlink() else ""
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     found = []
@@ -186,7 +182,7 @@ def test_nothing_listens_beyond_loopback_and_triton_not_on_the_network(open_serv
 
 def test_host_opens_only_grpc_to_other_hosts(repo):
     with LocalServer(repo, models=["mlp"], host="0.0.0.0", metrics_port=0) as wide:
-        front = dict((port, host) for host, port in listening(wide.front_pid))
+        front = {port: host for host, port in listening(wide.front_pid)}
         assert front[wide.grpc_port] == "0.0.0.0"
         assert front[wide.metrics_port] == "127.0.0.1"  # unless asked with metrics_host
         assert listening(wide.pid) == []
@@ -260,7 +256,8 @@ def test_each_crash_body_kills_triton_when_it_reaches_it(repo, body):
             connection.request("POST", "/v2/models/mlp/infer", body=CRASH_BODIES[body])
             connection.getresponse().read()
         code = server.wait(timeout=60)
-        assert code is not None and code < 0, code  # killed by a signal (abort, SIGSEGV)
+        assert code is not None
+        assert code < 0, code  # killed by a signal (abort, SIGSEGV)
 
 
 # ------------------------------------------------- code upload (model repository API)
@@ -361,7 +358,8 @@ def test_with_a_user_token_only_health_is_open(token_server):
     assert http(metrics)[0] == 401
     assert http(metrics, headers={"Authorization": "Bearer guess"})[0] == 403
     status, text = http(metrics, headers={"Authorization": f"Bearer {SECRET}"})
-    assert status == 200 and b"nv_inference_request_success" in text
+    assert status == 200
+    assert b"nv_inference_request_success" in text
     assert http(f"{token_server.http_url}/v2/health/ready")[0] == 200
     assert http(f"{token_server.http_url}/v2/models/stats")[0] == 401
 
@@ -406,7 +404,7 @@ def test_shared_memory_hijack_is_refused_and_a_victim_recovers(open_server, refe
 
 
 def test_a_restarted_server_gets_the_regions_again_or_says_why_not(repo, reference):
-    port = _free_port()
+    port = free_port()
     x = np.full((3, tm.N_FEATURES), 0.5, np.float32)
     first = LocalServer(repo, models=["mlp"], grpc_port=port, token=SECRET).start()
     try:
@@ -438,25 +436,26 @@ time.sleep(600)
 
 def test_regions_of_a_killed_client_are_unregistered(open_server):
     before = set(_regions(open_server))
-    dying = subprocess.Popen([sys.executable, "-c", _DYING_CLIENT, open_server.grpc_url],
-                             stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "OFFLOAD_TOKEN": open_server.token})
-    try:
-        assert dying.stdout.readline().strip() == "registered"
-        mine = {n: k for n, k in _regions(open_server).items()
-                if n.startswith(f"offload-{dying.pid}-")}
-        assert mine and not set(mine) & before
-        dying.send_signal(signal.SIGKILL)
-        dying.wait()
-        deadline = time.monotonic() + 30
-        while set(mine) & set(_regions(open_server)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not set(mine) & set(_regions(open_server))
-        for key in mine.values():
-            assert not (Path("/dev/shm") / key.lstrip("/")).exists()
-    finally:
-        if dying.poll() is None:
-            dying.kill()
+    with subprocess.Popen([sys.executable, "-c", _DYING_CLIENT, open_server.grpc_url],
+                          stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "OFFLOAD_TOKEN": open_server.token}) as dying:
+        try:
+            assert dying.stdout.readline().strip() == "registered"
+            mine = {n: k for n, k in _regions(open_server).items()
+                    if n.startswith(f"offload-{dying.pid}-")}
+            assert mine
+            assert not set(mine) & before
+            dying.send_signal(signal.SIGKILL)
+            dying.wait()
+            deadline = time.monotonic() + 30
+            while set(mine) & set(_regions(open_server)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not set(mine) & set(_regions(open_server))
+            for key in mine.values():
+                assert not (Path("/dev/shm") / key.lstrip("/")).exists()
+        finally:
+            if dying.poll() is None:
+                dying.kill()
 
 
 # ------------------------------------------------------------ request sizes
@@ -527,7 +526,7 @@ def test_malformed_http2_is_refused_per_connection_and_the_server_stays_up(open_
 # ------------------------------------------------------------- local fallback
 def test_the_fallback_server_holds_its_secret(repo, reference):
     x = np.full((2, tm.N_FEATURES), 0.1, np.float32)
-    with offload.Client(f"127.0.0.1:{_free_port()}", fallback="local", repository=str(repo),
+    with offload.Client(f"127.0.0.1:{free_port()}", fallback="local", repository=str(repo),
                         retries=1, timeout=120) as client:
         np.testing.assert_allclose(client.model("mlp").infer(x=x)["y"], reference(x)["y"],
                                    rtol=1e-5)
@@ -539,12 +538,6 @@ def test_the_fallback_server_holds_its_secret(repo, reference):
         assert _refusal(rpc(local.grpc_url, "RepositoryModelLoad",
                             pb.RepositoryModelLoadRequest(model_name="echo_fp32"))) \
             == grpc.StatusCode.UNAUTHENTICATED
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _varint(value: int) -> bytes:

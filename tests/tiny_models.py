@@ -191,3 +191,11 @@ parameters {{ key: "sleep_s" value: {{ string_value: "{sleep_s}" }} }}
 {extra}
 """)
     (model_dir / "1" / "model.py").write_text(_ECHO)
+
+
+#: backend -> (model name, exporter) of the models with one input and output of each dtype.
+DTYPE_MODELS = {
+    "onnxruntime": ("dtypes_onnx", export_onnx_dtypes),
+    "pytorch": ("dtypes_torchscript", export_torchscript_dtypes),
+    "tensorflow": ("dtypes_savedmodel", export_savedmodel_dtypes),
+}

@@ -12,26 +12,25 @@ modules load on first use of `Client`, `AsyncClient` or `Batcher`.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
 from offload.errors import (
     AuthenticationError,
+    ClientClosedError,
     DeadlineExceededError,
     InferenceError,
     InvalidInputError,
     MessageTooLargeError,
     ModelNotFoundError,
-    ModelRepositoryError,
+    NotSupportedError,
     OffloadError,
-    PortInUseError,
     ProtocolError,
-    ServerError,
     ServerInferenceError,
     ServerOverloadedError,
-    ServerStartError,
     ServerUnavailableError,
     SharedMemoryError,
-    TritonNotInstalledError,
 )
 
 if TYPE_CHECKING:
@@ -40,7 +39,10 @@ if TYPE_CHECKING:
     from offload.client import Client, Model
     from offload.endpoints import TLS, Backoff
 
-__version__ = "0.1.0"
+try:  # one source: the distribution's metadata (pyproject.toml's version)
+    __version__ = _version("offload")
+except PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "Client": "offload.client", "Model": "offload.client",
@@ -64,22 +66,19 @@ __all__ = [
     "Backoff",
     "Batcher",
     "Client",
+    "ClientClosedError",
     "DeadlineExceededError",
     "InferenceError",
     "InvalidInputError",
     "MessageTooLargeError",
     "Model",
     "ModelNotFoundError",
-    "ModelRepositoryError",
+    "NotSupportedError",
     "OffloadError",
-    "PortInUseError",
     "ProtocolError",
-    "ServerError",
     "ServerInferenceError",
     "ServerOverloadedError",
-    "ServerStartError",
     "ServerUnavailableError",
     "SharedMemoryError",
-    "TritonNotInstalledError",
     "__version__",
 ]

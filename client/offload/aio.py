@@ -1,84 +1,73 @@
-"""`offload.AsyncClient`: the asyncio mirror of :class:`offload.Client`.
+"""`offload.AsyncClient`: the asyncio sibling of :class:`offload.Client`.
 
     async with offload.AsyncClient("triton.example.org:8001") as client:
         tagger = await client.model("jet_tagger")
         outputs = await tagger.infer(points=p, features=f, mask=m)
 
-Same checks, server choice, retries, failover and errors as the synchronous client, on
-grpc.aio channels; pieces of a split batch are awaited together (pipelined).
+The same engine (server choice, the bound on requests in flight, retries, failover,
+deadlines, errors) and transports (messages or shared memory) as the synchronous client,
+on grpc.aio channels of the caller's event loop; the pieces of a split batch, and ragged
+entries, are sent `pipeline` at a time under one deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 import numpy as np
 
-from offload import tensors
-from offload.client import Client, Model, _Attempts, _pb, drive, pipelined
-from offload.errors import AuthenticationError, ModelNotFoundError, OffloadError
-from offload.stats import StatsRecorder
+from offload import protocol
+from offload.client import _ClientBase, _index, _ModelBase, windowed
+from offload.errors import (
+    AuthenticationError,
+    ModelNotFoundError,
+    NotSupportedError,
+    OffloadError,
+)
+from offload.inputs import check_piece_size
+from offload.schema import ModelInfo
+from offload.stats import ServerStats, server_stats
 
 
-class AsyncClient(Client):
+class AsyncClient(_ClientBase):
     """Arguments as :class:`offload.Client` (`fallback="local"` is not offered here: start
-    a LocalServer yourself)."""
+    a LocalServer yourself). Use it from one event loop."""
 
     def __init__(self, servers: str | Sequence[str] | None = None, **options: Any) -> None:
         if options.get("fallback"):
             raise ValueError("AsyncClient has no local fallback; use offload.Client for it")
         super().__init__(servers, **options)
 
-    async def model(self, name: str, version: str | int | None = None) -> AsyncModel:  # type: ignore[override]
+    async def model(self, name: str, version: str | int | None = None, *,
+                    max_batch_size: int | None = None) -> AsyncModel:
+        """A handle to a model; its metadata and config are fetched once and cached."""
         key = (name, "" if version is None else str(version))
-        if key not in self._models:
-            pb = _pb()
-            try:
-                metadata = await self._acall("ModelMetadata", pb.ModelMetadataRequest(
-                    name=name, version=key[1]), model=name)
-                config = await self._acall("ModelConfig", pb.ModelConfigRequest(
-                    name=name, version=key[1]), model=name)
-            except ModelNotFoundError as error:
-                try:
-                    index = await self.models()
-                except AuthenticationError:
-                    names = "(its model index needs the server's token)"
-                except OffloadError:
-                    names = "(could not list)"
-                else:
-                    names = ", ".join(sorted(m["name"] for m in index
-                                             if m["state"] == "READY")) or "no ready model"
-                raise ModelNotFoundError(f"{error}; the server has: {names}",
-                                         model=name) from None
-            self._models[key] = AsyncModel(self, tensors.model_info(metadata, config), key[1])
-        return self._models[key]  # type: ignore[return-value]
+        if key in self._models and max_batch_size is None:
+            return self._models[key]
+        info = await self._fetch_info(name, key[1], max_batch_size)
+        if max_batch_size is not None:
+            return AsyncModel(self, info, key[1])
+        return self._adopt(AsyncModel, info, key[1])
 
-    async def models(self) -> list[dict[str, str]]:  # type: ignore[override]
-        response = await self._acall("RepositoryIndex", _pb().RepositoryIndexRequest(), model=None)
-        return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
-                for m in response.models]
+    async def models(self) -> list[dict[str, str]]:
+        response = await self._engine.acall(
+            "RepositoryIndex", protocol.service_pb2.RepositoryIndexRequest(), model=None)
+        return _index(response)
 
-    async def ready(self) -> bool:  # type: ignore[override]
-        for endpoint in self._pool.endpoints:
-            try:
-                response = await endpoint.aio_method("ServerReady")(
-                    _pb().ServerReadyRequest(), timeout=5,
-                    metadata=endpoint.call_options.get("metadata"))
-            except grpc.RpcError:
-                continue
-            if response.ready:
-                return True
-        return False
+    async def ready(self) -> bool:
+        return any((await self.health(timeout=5)).values())
 
-    async def close(self) -> None:  # type: ignore[override]
-        if not self._closed:
-            self._closed = True
-            await asyncio.gather(*(e.close_aio() for e in self._pool.endpoints))
-            self._pool.close()
+    async def health(self, timeout: float = 5.0) -> dict[str, bool]:
+        """As Client.health(), the servers probed concurrently on this loop."""
+        return await self._engine.ahealth(timeout)
+
+    async def close(self) -> None:
+        if not self.closed:
+            await asyncio.gather(*(e.close_aio() for e in self._engine.pool.endpoints),
+                                 return_exceptions=True)
+        self._finalizer()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -86,45 +75,72 @@ class AsyncClient(Client):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _acall(self, method: str, request: Any, *, model: str | None,
-                     timeout: float | None = None, rows: int = 0,
-                     stats: StatsRecorder | None = None) -> Any:
-        """One request with retries and failover, on this event loop."""
-        return await drive(_Attempts(self, method, request, model, rows, stats,
-                                     time.monotonic() + (timeout or self.timeout)))
+    async def _fetch_info(self, name: str, version: str,
+                          max_batch_size: int | None) -> ModelInfo:
+        pb = protocol.service_pb2
+        acall = self._engine.acall
+        try:
+            metadata = await acall("ModelMetadata",
+                                   pb.ModelMetadataRequest(name=name, version=version),
+                                   model=name)
+            try:
+                config = await acall("ModelConfig",
+                                     pb.ModelConfigRequest(name=name, version=version),
+                                     model=name)
+            except NotSupportedError:
+                config = None
+        except ModelNotFoundError as error:
+            try:
+                index = await self.models()
+            except AuthenticationError:
+                names = "(its model index needs the server's token)"
+            except OffloadError:
+                names = "(could not list)"
+            else:
+                names = ", ".join(sorted(m["name"] for m in index
+                                         if m["state"] == "READY")) or "no ready model"
+            raise ModelNotFoundError(f"{error}; the server has: {names}", model=name) from None
+        return self._info(name, metadata, config, max_batch_size)
 
-    def _start_fallback(self, model: str | None) -> bool:
-        return False
 
+class AsyncModel(_ModelBase):
+    """A model on an AsyncClient's servers; obtain with ``await client.model(name)``."""
 
-class AsyncModel(Model):
-    async def infer(self, inputs: Mapping[str, Any] | None = None, /, *,  # type: ignore[override]
+    _client: AsyncClient
+
+    async def infer(self, inputs: Mapping[str, Any] | None = None, /, *,
                     timeout: float | None = None, version: str | int | None = None,
                     **named: Any) -> dict[str, np.ndarray]:
-        client: AsyncClient = self._client  # type: ignore[assignment]
-        target = self if version is None or str(version) == self.version else \
-            await client.model(self.name, version)
+        """As Model.infer(), awaited; one deadline for all the pieces of a split batch."""
+        target = await self._for_version(version)
         prepared = self._prepare(target, {**(inputs or {}), **named})
+        check_piece_size(target.info, prepared)
+        return await self._infer_async(target, prepared, self._deadline(timeout))
 
-        async def send(piece: tensors.Prepared) -> dict[str, np.ndarray]:
-            request = tensors.build_request(_pb(), target.info, piece, target.version)
-            return tensors.decode_response(_pb(), await client._acall(
-                "ModelInfer", request, model=self.name, timeout=timeout,
-                rows=piece.batch or 1, stats=self._stats), target.info)
-
-        return await pipelined(tensors.pieces(prepared, target.info.max_batch_size), send,
-                               client.pipeline)
-
-    async def infer_ragged(self, entries: Sequence[Mapping[str, Any]], *,  # type: ignore[override]
+    async def infer_ragged(self, entries: Sequence[Mapping[str, Any]], *,
                            timeout: float | None = None) -> list[dict[str, np.ndarray]]:
-        return list(await asyncio.gather(*(self.infer(e, timeout=timeout) for e in entries)))
+        """One request per entry, `pipeline` in flight at once, one deadline for all;
+        results in the entries' order."""
+        deadline = self._deadline(timeout)
+        prepared = [self._prepare(self, dict(entry)) for entry in entries]
+        for one in prepared:
+            check_piece_size(self.info, one)
+        return await windowed(prepared, lambda one: self._infer_async(self, one, deadline),
+                              self._client.pipeline)
 
-    def submit(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def submit(self, *_args: Any, **_kwargs: Any) -> Any:
         raise TypeError("AsyncModel has no submit(): use asyncio.create_task(model.infer(...))")
 
-    async def server_stats(self):  # type: ignore[override]
-        from offload.stats import server_stats
+    async def server_stats(self) -> list[ServerStats]:
+        request = protocol.service_pb2.ModelStatisticsRequest(name=self.name,
+                                                              version=self.version)
+        return server_stats(await self._client._engine.acall("ModelStatistics", request,
+                                                             model=self.name))
 
-        request = _pb().ModelStatisticsRequest(name=self.name, version=self.version)
-        return server_stats(await self._client._acall("ModelStatistics", request,  # type: ignore[attr-defined]
-                                                      model=self.name))
+    async def _for_version(self, version: str | int | None) -> AsyncModel:
+        if version is None or str(version) == self.version:
+            return self
+        return await self._client.model(self.name, version)
+
+
+AsyncClient._model_class = AsyncModel

@@ -220,9 +220,9 @@ class OutputWriter:
                              "written (internal error)")
         self._file[PROVENANCE] = json.dumps(self.source.provenance(self.settings))
         self._file.close()
-        with open(self.partial, "rb") as handle:
+        with Path(self.partial).open("rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(self.partial, self.final)
+        Path(self.partial).replace(self.final)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -266,7 +266,7 @@ def open_input(path: Path, output_dir: Path, settings: Settings, step: str | int
     if not path.is_file():
         raise ApplyError(f"{path}: no such file")
     try:
-        with open(path, "rb") as handle:
+        with Path(path).open("rb") as handle:
             magic = handle.read(4)
     except OSError as error:
         raise ApplyError(f"{path}: cannot read: {error}") from None
@@ -427,7 +427,7 @@ def apply_files(paths: Sequence[Path], output_dir: Path, settings: Settings, *,
                 step: str | int = DEFAULT_STEP, workers: int | None = None,
                 scheduler: str | None = None, overwrite: bool = False,
                 progress: bool | None = False,
-                report: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+                report: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
     """Run the models over `paths` into `output_dir` (see the module doc). Returns a
     summary: files made and skipped, entries, jets, jets with candidates cut at 128, wall
     seconds. Raises :class:`ApplyError` (or another OffloadError) on failure, leaving no

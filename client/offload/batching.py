@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from offload import tensors
 from offload.client import Model
 from offload.errors import InvalidInputError, OffloadError
+from offload.inputs import Prepared
 
 
 @dataclass
@@ -50,7 +50,7 @@ class _Pending:
     rows: int
     future: concurrent.futures.Future
     shape_key: tuple
-    prepared: tensors.Prepared | None = None
+    prepared: Prepared | None = None
 
 
 class BatchFuture(concurrent.futures.Future):
@@ -227,7 +227,9 @@ class Batcher:
         """Up to max_batch_size rows of calls sharing the first call's shape, in order.
         Called with the lock held."""
         first = self._queue[0].shape_key
-        batch, rest, rows = [], [], 0
+        batch: list[_Pending] = []
+        rest: list[_Pending] = []
+        rows = 0
         for pending in self._queue:
             if pending.shape_key == first and (not batch
                                                or rows + pending.rows <= self.max_batch_size):
@@ -267,12 +269,12 @@ class Batcher:
         for future in futures.values():
             future.add_done_callback(one_done)
 
-    def _merge(self, batch: list[_Pending]) -> dict[str, tensors.Prepared]:
+    def _merge(self, batch: list[_Pending]) -> dict[str, Prepared]:
         arrays = {name: np.concatenate([p.arrays[name] for p in batch]) if len(batch) > 1
                   else batch[0].arrays[name] for name in batch[0].arrays}
         rows = sum(p.rows for p in batch)
         if self.prepare is None:
-            return {self.model.name: tensors.Prepared(arrays, rows)}
+            return {self.model.name: Prepared(arrays, rows)}
         made = self.prepare(arrays)
         per_model = made if self._several else {self.model.name: made}
         out = {}

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +42,7 @@ def _client(args: argparse.Namespace):
     token = None
     if args.token_file:
         try:
-            with open(args.token_file) as source:
+            with Path(args.token_file).open() as source:
                 token = source.read().strip()
         except OSError as error:
             raise SystemExit(f"offload: cannot read --token-file {args.token_file}: "
@@ -75,8 +77,9 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    with np.load(args.input, allow_pickle=False) as data:
-        inputs = {name: data[name] for name in data.files}
+    if args.output:
+        _check_writable(args.output)  # before inferring: a result is never computed in vain
+    inputs = _read_inputs(args.input)
     with _client(args) as client:
         model = client.model(args.model, args.version)
         outputs = model.infer(inputs)
@@ -87,9 +90,64 @@ def run_infer(args: argparse.Namespace) -> int:
     print(f"{stats.requests} request(s), {stats.inferences} inference(s), "
           f"{stats.bytes_sent:,} B sent, {stats.bytes_received:,} B received", file=sys.stderr)
     if args.output:
-        np.savez(args.output, **outputs)
+        try:
+            np.savez(args.output, **outputs)
+        except OSError as error:
+            from offload.errors import OffloadError
+
+            raise OffloadError(f"--output {args.output}: {error.strerror}") from None
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _read_inputs(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file, or a one-line error naming the file and the problem."""
+    import zipfile
+
+    from offload.errors import InvalidInputError
+
+    def refuse(problem: str) -> InvalidInputError:
+        return InvalidInputError(f"{path}: {problem}; --input takes a .npz file with one "
+                                 "array per model input (np.savez('in.npz', name=array))")
+
+    if not Path(path).exists():
+        raise refuse("no such file")
+    if Path(path).is_dir():
+        raise refuse("is a folder")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise refuse(f"not a .npz file ({error})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise refuse(f"a single array ({'.npy' if isinstance(loaded, np.ndarray) else '?'} "
+                     "file), not a .npz of named arrays")
+    with loaded as data:
+        inputs = {}
+        for name in data.files:
+            try:
+                inputs[name] = data[name]
+            except ValueError as error:  # object arrays need pickle, which is refused
+                raise refuse(f"array '{name}' cannot be read without pickle ({error}); "
+                             "store numeric or fixed-width byte-string arrays") from None
+            except (OSError, zipfile.BadZipFile, EOFError) as error:
+                raise refuse(f"array '{name}' is damaged ({error})") from None
+    if not inputs:
+        raise refuse("holds no arrays")
+    return inputs
+
+
+def _check_writable(path: str) -> None:
+    from offload.errors import InvalidInputError
+
+    target = path if path.endswith(".npz") else path + ".npz"  # (np.savez's rule)
+    folder = Path(target).resolve().parent
+    problem = ("is a folder" if Path(target).is_dir() else
+               f"its folder {folder} does not exist" if not folder.is_dir() else
+               f"cannot write in {folder}" if not os.access(folder, os.W_OK) else
+               "exists and is not writable" if Path(target).exists()
+               and not os.access(target, os.W_OK) else None)
+    if problem:
+        raise InvalidInputError(f"--output {path}: {problem}")
 
 
 # ------------------------------------------------------------------ stats

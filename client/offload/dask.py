@@ -47,7 +47,7 @@ def client(servers: str | Sequence[str] | None = None, **options: Any):
     key = (os.getpid(), addresses, tuple(sorted((k, repr(v)) for k, v in options.items())))
     with _LOCK:
         found = _CLIENTS.get(key)
-        if found is None or found._closed:
+        if found is None or found.closed:
             found = _CLIENTS[key] = Client(list(addresses), **options)
         return found
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 
+import ml_dtypes
 import numpy as np
 
 TRITON_TO_NUMPY: dict[str, np.dtype] = {
@@ -56,7 +57,7 @@ def encode(triton_type: str, array: np.ndarray) -> bytes | memoryview:
         return float32_to_bf16_bytes(array)
     if array.dtype.byteorder == ">":  # e.g. straight from a ROOT file: one conversion
         array = array.astype(array.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
+    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")  # type: ignore[arg-type]
 
 
 def decode(triton_type: str, raw: bytes | memoryview, shape: list[int]) -> np.ndarray:
@@ -95,14 +96,15 @@ def deserialize_bytes(raw: bytes | memoryview) -> np.ndarray:
 
 
 #: The largest finite bfloat16 (float32 values beyond it round to Inf).
-BF16_MAX = float(np.array(0x7F7F0000, dtype="<u4").view("<f4"))
+BF16_MAX = float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
 
 
 def float32_to_bf16_bytes(array: np.ndarray) -> bytes:
-    bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-    return rounded.astype("<u2").tobytes()
+    """Rounded to nearest even by ml_dtypes; NaN stays NaN (a plain rounding of the bits
+    turns some NaNs into ±0 or Inf)."""
+    with np.errstate(invalid="ignore"):  # (NaN payloads: they stay NaN, as they should)
+        return np.ascontiguousarray(array, dtype="<f4").astype(ml_dtypes.bfloat16).tobytes()
 
 
 def bf16_bytes_to_float32(raw: bytes | memoryview) -> np.ndarray:
-    return (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")
+    return np.frombuffer(raw, dtype=ml_dtypes.bfloat16).astype(np.float32)

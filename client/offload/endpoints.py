@@ -9,8 +9,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
+
+from offload.slots import Slots
 
 #: Environment variable with a comma-separated list of servers, used when none are given.
 SERVERS_VARIABLE = "OFFLOAD_SERVERS"
@@ -35,17 +38,37 @@ class TLS:
 def _pem(value: bytes | str | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
-    with open(value, "rb") as handle:
+    with Path(value).open("rb") as handle:
         return handle.read()
 
 
+#: Triton's gRPC port, taken when an address names none.
+DEFAULT_PORT = 8001
+
+
 def parse_servers(servers: str | Sequence[str] | None) -> list[str]:
+    """Addresses as gRPC takes them: a list, or a comma-separated string (default: the
+    OFFLOAD_SERVERS variable); port 8001 where none is given; de-duplicated, in order."""
     if servers is None:
         servers = os.environ.get(SERVERS_VARIABLE, "")
     if isinstance(servers, str):
         servers = [s for s in (part.strip() for part in servers.split(",")) if s]
-    servers = list(dict.fromkeys(servers))  # de-duplicated, order kept
-    return servers
+    return list(dict.fromkeys(with_port(s.strip()) for s in servers))
+
+
+def with_port(address: str) -> str:
+    """'host' -> 'host:8001', '[::1]' or '::1' -> '[::1]:8001'; addresses with a port,
+    'unix:' paths and gRPC URIs ('dns:///…', 'ipv4:…') as they are."""
+    if ":" not in address:
+        return f"{address}:{DEFAULT_PORT}"
+    if address.startswith("["):
+        return address if "]:" in address else f"{address}:{DEFAULT_PORT}"
+    scheme = address.split(":", 1)[0]
+    if scheme in ("unix", "unix-abstract", "dns", "ipv4", "ipv6", "vsock"):
+        return address
+    if address.count(":") > 1:  # a bare IPv6 address
+        return f"[{address}]:{DEFAULT_PORT}"
+    return address
 
 
 @dataclass
@@ -77,9 +100,10 @@ class CircuitBreaker:
 class Endpoint:
     """One server: its channel, outstanding requests, observed latency, breaker."""
 
-    def __init__(self, address: str, *, tls: TLS | None, options: list[tuple[str, object]]
-                 ) -> None:
+    def __init__(self, address: str, *, tls: TLS | None, options: list[tuple[str, object]],
+                 max_in_flight: int = 64) -> None:
         self.address = address
+        self.slots = Slots(max_in_flight)
         if tls is not None:
             if tls.server_name:
                 options = [*options, ("grpc.ssl_target_name_override", tls.server_name)]

@@ -2,7 +2,8 @@
 
 Every failure a user can meet, on the client or the embedded-server side, is an
 :class:`OffloadError`. Messages say what was wrong and what was expected, and name the
-model and tensor where there is one.
+model and tensor where there is one. The errors only the server side raises (starting the
+embedded server, model repositories) live with it, in `offload_server.errors`.
 """
 
 from __future__ import annotations
@@ -10,33 +11,6 @@ from __future__ import annotations
 
 class OffloadError(Exception):
     """Base class of every offload exception."""
-
-
-class ServerError(OffloadError):
-    """The embedded Triton server could not be found, started or stopped."""
-
-
-class TritonNotInstalledError(ServerError):
-    """The `nvidia-pytriton` wheel, which carries the `tritonserver` binary, is missing."""
-
-
-class PortInUseError(ServerError):
-    """A port the server was asked to listen on is taken."""
-
-
-class ServerStartError(ServerError):
-    """`tritonserver` exited or did not become ready; the message carries its own errors."""
-
-
-class ModelRepositoryError(OffloadError):
-    """A model repository, a model's `config.pbtxt` or its artifact is wrong.
-
-    `problems` lists each disagreement on its own when there are several.
-    """
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or [message]
 
 
 # ----------------------------------------------------------------- inference
@@ -82,6 +56,11 @@ class ProtocolError(InferenceError):
     tensor whose length prefixes overrun it). Not retried: the server answered."""
 
 
+class NotSupportedError(InferenceError):
+    """The server does not implement what was asked (gRPC UNIMPLEMENTED): e.g. shared
+    memory on a server of the inference protocol that is not Triton."""
+
+
 class AuthenticationError(InferenceError, PermissionError):
     """The server (or a proxy in front of it) refused the credentials: a missing or wrong
     token or header. Not retried."""
@@ -90,3 +69,7 @@ class AuthenticationError(InferenceError, PermissionError):
 class SharedMemoryError(InferenceError):
     """A shared-memory region could not be registered with the server, or the server lost
     it (restarted, or the region was unregistered) and registering it again failed."""
+
+
+class ClientClosedError(OffloadError, RuntimeError):
+    """A call on a client after its close(): create a new client."""

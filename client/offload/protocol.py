@@ -17,6 +17,8 @@ from offload.errors import (
     InvalidInputError,
     MessageTooLargeError,
     ModelNotFoundError,
+    NotSupportedError,
+    ProtocolError,
     ServerInferenceError,
     ServerOverloadedError,
     ServerUnavailableError,
@@ -55,13 +57,24 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 def overloaded(code: grpc.StatusCode | None, details: str) -> bool:
     """Refused by the queue policy: Triton answers UNAVAILABLE "Exceeds maximum queue size"
     when a model's max_queue_size is reached, and "Request timeout expired" when a request
-    waited longer than the queue's timeout; proxies answer RESOURCE_EXHAUSTED. Either way
-    the request never ran and the server is up: retry later or elsewhere (safe: at most
-    once), but do not count the server as down."""
+    waited longer than the queue's timeout; proxies answer RESOURCE_EXHAUSTED (rate limits,
+    overflow). Either way the request never ran and the server is up: retry later or
+    elsewhere (safe: at most once), but do not count the server as down. RESOURCE_EXHAUSTED
+    about a message's size or gRPC's metadata limit is no overload."""
     if code == grpc.StatusCode.UNAVAILABLE:
         lowered = details.lower()
         return "exceeds maximum queue size" in lowered or "request timeout expired" in lowered
-    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger" not in details.lower()
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and not _too_large(details) \
+        and not _metadata_limit(details)
+
+
+def _too_large(details: str) -> bool:
+    lowered = details.lower()
+    return "message larger" in lowered or "larger than max" in lowered
+
+
+def _metadata_limit(details: str) -> bool:
+    return "metadata" in details.lower()
 
 
 def refused_credentials(code: grpc.StatusCode | None, details: str) -> bool:
@@ -93,10 +106,26 @@ def model_missing(code: grpc.StatusCode | None, details: str) -> bool:
     """Whether the server says it has no such model (or version), or it is not ready."""
     if region_missing(details):
         return False
+    lowered = details.lower()
     return code == grpc.StatusCode.NOT_FOUND or (
-        code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
-        and ("unknown model" in details or "is not found" in details
-             or "not ready" in details or "has no available versions" in details))
+        code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE,
+                 grpc.StatusCode.UNKNOWN)
+        and ("unknown model" in lowered or "is not found" in lowered
+             or "not ready" in lowered or "has no available versions" in lowered
+             # other servers of the protocol: KServe's "ModelNotFound: Model with name x
+             # does not exist", MLServer's "Model x not found"
+             or "modelnotfound" in lowered or ("model" in lowered and (
+                 "does not exist" in lowered or "not found" in lowered))))
+
+
+def model_reloading(code: grpc.StatusCode | None, details: str) -> bool:
+    """Whether the model exists but has no version serving right now: Triton says a model
+    "has no available versions" while it loads, reloads or drains a version, and a version
+    "is not ready" meanwhile. Transient: worth waiting for within the deadline."""
+    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.INVALID_ARGUMENT):
+        return False
+    return "has no available versions" in details or "is not ready" in details
 
 
 def translate(error: grpc.RpcError, *, model: str | None, server: str) -> InferenceError:
@@ -124,7 +153,12 @@ def translate(error: grpc.RpcError, *, model: str | None, server: str) -> Infere
         return DeadlineExceededError(f"{where}: deadline exceeded before a result came",
                                      model=model)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if _metadata_limit(details):
+            return ProtocolError(f"{where}: the answer exceeded gRPC's limits ({details})",
+                                 model=model)
         return MessageTooLargeError(f"{where}: {details}", model=model)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return NotSupportedError(f"{where} does not implement this ({details})", model=model)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInputError(f"{where} refused the request: {details}", model=model)
     return ServerInferenceError(f"{where} failed ({code.name if code else 'error'}): {details}",

@@ -15,8 +15,10 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 
@@ -25,9 +27,11 @@ from offload.errors import (
     AuthenticationError,
     InferenceError,
     InvalidInputError,
+    ProtocolError,
     SharedMemoryError,
 )
-from offload.tensors import ModelInfo, Prepared
+from offload.inputs import Prepared
+from offload.schema import ModelInfo
 
 _ALIGN = 64
 _NAME = re.compile(r"offload-(\d+)-(\d+)-[0-9a-f]{32}")
@@ -36,7 +40,7 @@ _NAME = re.compile(r"offload-(\d+)-(\d+)-[0-9a-f]{32}")
 def _start_time(pid: int) -> int:
     """The process's start time in clock ticks since boot (0 where /proc has none)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
+        with Path(f"/proc/{pid}/stat").open() as stat:
             return int(stat.read().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return 0
@@ -72,30 +76,54 @@ class Region:
 
 
 class RegionPool:
-    """Regions registered with one server, reused by size (powers of two)."""
+    """Regions registered with one server, reused by size (powers of two). Registration
+    goes through the callables given (blocking, and a coroutine for event loops)."""
 
-    def __init__(self, register, unregister) -> None:
-        self._register, self._unregister = register, unregister
+    def __init__(self, register: Callable[[Region], None],
+                 unregister: Callable[[Region], None],
+                 aregister: Callable[[Region], Awaitable[None]] | None = None) -> None:
+        self._register, self._unregister, self._aregister = register, unregister, aregister
         self._free: dict[int, list[Region]] = {}
         self._all: list[Region] = []
         self._lock = threading.Lock()
 
     def acquire(self, nbytes: int) -> Region:
+        region, new = self._take(nbytes)
+        if new:
+            self._checked(self._register, region)
+            self._added(region)
+        return region
+
+    async def aacquire(self, nbytes: int) -> Region:
+        region, new = self._take(nbytes)
+        if new:
+            assert self._aregister is not None
+            try:
+                await self._aregister(region)
+            except BaseException as error:
+                _discard(region)
+                raise _as_region_error(region, error) from error
+            self._added(region)
+        return region
+
+    def _take(self, nbytes: int) -> tuple[Region, bool]:
         size = 1 << max(12, (nbytes - 1).bit_length())
         with self._lock:
             if self._free.get(size):
-                return self._free[size].pop()
-        memory = shared_memory.SharedMemory(create=True, size=size)
-        region = Region(region_name(), memory, size)
-        try:
-            self._register(region)
-        except BaseException:
-            memory.close()
-            memory.unlink()
-            raise
+                return self._free[size].pop(), False
+        return Region(region_name(), shared_memory.SharedMemory(create=True, size=size),
+                      size), True
+
+    def _added(self, region: Region) -> None:
         with self._lock:
             self._all.append(region)
-        return region
+
+    def _checked(self, register: Callable[[Region], None], region: Region) -> None:
+        try:
+            register(region)
+        except BaseException as error:
+            _discard(region)
+            raise _as_region_error(region, error) from error
 
     def reregister(self, region: Region) -> None:
         """Register a region the server lost; a refusal raises (AuthenticationError when
@@ -103,11 +131,14 @@ class RegionPool:
         try:
             self._register(region)
         except InferenceError as error:
-            if isinstance(error, AuthenticationError | SharedMemoryError):
-                raise
-            raise SharedMemoryError(f"shared-memory region {region.name} was lost by the "
-                                    f"server and could not be registered again: {error}",
-                                    model=error.model) from error
+            raise _as_region_error(region, error) from error
+
+    async def areregister(self, region: Region) -> None:
+        assert self._aregister is not None
+        try:
+            await self._aregister(region)
+        except InferenceError as error:
+            raise _as_region_error(region, error) from error
 
     def release(self, region: Region) -> None:
         with self._lock:
@@ -119,9 +150,23 @@ class RegionPool:
         for region in regions:
             with contextlib.suppress(Exception):
                 self._unregister(region)
-            region.memory.close()
-            with contextlib.suppress(FileNotFoundError):
-                region.memory.unlink()
+            _discard(region)
+
+
+def _discard(region: Region) -> None:
+    region.memory.close()
+    with contextlib.suppress(FileNotFoundError):
+        region.memory.unlink()
+
+
+def _as_region_error(region: Region, error: BaseException) -> BaseException:
+    """What a failed registration raises: an authentication or shared-memory error as it
+    is; another inference error as a SharedMemoryError that names the region."""
+    if not isinstance(error, InferenceError) or isinstance(
+            error, AuthenticationError | SharedMemoryError):
+        return error
+    return SharedMemoryError(f"shared-memory region {region.name} could not be registered "
+                             f"with the server: {error}", model=error.model)
 
 
 @dataclass(frozen=True)
@@ -162,8 +207,8 @@ def write_inputs(region: Region, info: ModelInfo, prepared: Prepared, where: Lay
     for tensor in info.inputs:
         offset, _ = where.inputs[tensor.name]
         value = prepared.arrays[tensor.name]
-        target = np.ndarray(value.shape, dtype=value.dtype.newbyteorder("<"), buffer=buffer,
-                            offset=offset)
+        target: np.ndarray = np.ndarray(value.shape, dtype=value.dtype.newbyteorder("<"),
+                                        buffer=buffer, offset=offset)
         np.copyto(target, value)  # converts byte order and layout on the way, one copy
 
 
@@ -192,16 +237,39 @@ def _point(parameters, region: str, offset: int, size: int) -> None:
 def read_outputs(service_pb2, payload: bytes, region: Region, where: Layout,
                  info: ModelInfo) -> dict[str, np.ndarray]:
     """The outputs: copies of those in the region (it is reused at once), views of those
-    that came in the response."""
-    response = service_pb2.ModelInferResponse.FromString(payload)
-    outputs, raw = {}, iter(response.raw_output_contents)
+    that came in the response. A response that does not fit the layout or the model's
+    outputs raises ProtocolError."""
+    try:
+        response = service_pb2.ModelInferResponse.FromString(payload)
+    except Exception as error:  # DecodeError, or a non-bytes payload
+        raise ProtocolError(f"model '{info.name}': malformed ModelInferResponse: {error}",
+                            model=info.name) from error
+    outputs: dict[str, np.ndarray] = {}
+    raw = iter(response.raw_output_contents)
+    expected = {t.name: t for t in info.outputs}
     for tensor in response.outputs:
         shape = tuple(tensor.shape)
-        if tensor.name in where.outputs:
-            offset = where.outputs[tensor.name][0]
-            outputs[tensor.name] = np.ndarray(
-                shape, dtype=dtypes.TRITON_TO_NUMPY[tensor.datatype], buffer=region.memory.buf,
-                offset=offset).copy()
-        else:
-            outputs[tensor.name] = dtypes.decode(tensor.datatype, next(raw), list(shape))
+        declared = expected.get(tensor.name)
+        try:
+            if declared is None or tensor.datatype != declared.datatype:
+                raise ValueError(f"not an output of the model ({tensor.datatype} "
+                                 f"{list(shape)}; it has "
+                                 + ", ".join(t.describe() for t in info.outputs) + ")")
+            if tensor.name in where.outputs:
+                offset, _, planned = where.outputs[tensor.name]
+                if shape != planned:
+                    raise ValueError(f"shape {list(shape)} is not the {list(planned)} of "
+                                     "its place in the region")
+                outputs[tensor.name] = np.ndarray(shape, dtype=declared.dtype,
+                                                  buffer=region.memory.buf,
+                                                  offset=offset).copy()
+            else:
+                outputs[tensor.name] = dtypes.decode(tensor.datatype, next(raw), list(shape))
+        except (ValueError, KeyError, TypeError, StopIteration) as error:
+            raise ProtocolError(f"model '{info.name}', output '{tensor.name}': cannot be "
+                                f"read: {error}", model=info.name) from error
+    if set(outputs) != set(expected):
+        raise ProtocolError(f"model '{info.name}': the response has outputs "
+                            f"{sorted(outputs)}, the model declares {sorted(expected)}",
+                            model=info.name)
     return outputs

@@ -1,8 +1,12 @@
 """Locust load test of an offload (Triton) deployment, through the offload client.
 
     make load                                                   # embedded server, headless
-    locust -f perf/locustfile.py --headless --host 127.0.0.1:8001 -u 16 -r 4 -t 60s \
+    locust -f k8s/locust/locustfile.py --headless --host 127.0.0.1:8001 -u 16 -r 4 -t 60s \
         --models jet_tagger,calo_shower_generator --shape step --csv perf/results/load/load
+
+The one locustfile of the project: `offload_perf.load` runs it, and the Kubernetes load test
+(k8s/locust, kustomize) ships it as a ConfigMap. It is package data of `offload_deploy`, so
+an installed offload has it too: `python -m offload_perf.load --locustfile` prints its path.
 
 Each simulated user holds one `offload.Client` (its own gRPC channel, like one grid job)
 and, back to back, sends one request to a model picked at random from `--models`, with
@@ -11,6 +15,9 @@ preprocessing, `offload_perf.samples`; random inputs of the declared shapes for 
 model). Each inference is reported to locust's request event: request_type "grpc", name =
 the model, response_time in ms, response_length = bytes of the output arrays, and the
 offload exception if it failed.
+
+Realistic inputs come from the validation samples of `--repository` (or $OFFLOAD_REPOSITORY;
+default `model_repository` in the current directory); without them, random inputs.
 
 Server address: `--host host:port` (also `grpc://host:port`, or several comma-separated:
 the client balances and fails over between them), else $OFFLOAD_SERVERS.
@@ -54,7 +61,7 @@ import offload  # noqa: E402
 from offload.endpoints import SERVERS_VARIABLE  # noqa: E402
 
 DEFAULT_MODELS = "jet_tagger,jet_energy_regression,calo_shower_generator"
-REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+REPOSITORY = Path("model_repository")  # relative to where locust runs (a checkout's root)
 SHAPES = ("constant", "step", "spike")
 
 

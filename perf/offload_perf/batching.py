@@ -24,22 +24,22 @@ from offload_perf.sweep import generated_inputs, measure
 
 def variants(repository: Path, models: list[str], target: Path) -> None:
     """Copy each model, and a copy without dynamic batching, into `target`."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+    from offload_server import model_config
+    from offload_server.errors import ModelRepositoryError
+    from offload_server.model_spec import read_config
 
     for name in models:
         source = repository / name
-        config = text_format.Parse((source / "config.pbtxt").read_text(),
-                                   model_config_pb2.ModelConfig())
+        config = read_config(source)
         if not config.HasField("dynamic_batching"):
-            raise offload.ModelRepositoryError(
+            raise ModelRepositoryError(
                 f"model '{name}' has no dynamic_batching block: nothing to compare")
         shutil.copytree(source, target / name)
         plain = target / f"{name}_nobatch"
         shutil.copytree(source, plain)
         config.ClearField("dynamic_batching")  # its queue policy goes with it
         config.name = f"{name}_nobatch"
-        (plain / "config.pbtxt").write_text(text_format.MessageToString(config))
+        model_config.write(plain / "config.pbtxt", config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("calo_shower_generator", "jet_tagger", "jet_energy_regression")
 FRAMEWORK = {"calo_shower_generator": "torch", "jet_tagger": "onnxruntime",
              "jet_energy_regression": "tensorflow"}
@@ -48,8 +47,10 @@ FRAMEWORK = {"calo_shower_generator": "torch", "jet_tagger": "onnxruntime",
 class Run:
     """Shared state: the output folder, the deadline, the notes, the summary."""
 
-    def __init__(self, output: Path, budget_s: float, quick: bool) -> None:
+    def __init__(self, output: Path, budget_s: float, quick: bool,
+                 repository: Path = Path("model_repository")) -> None:
         self.output = output
+        self.repository = repository
         self.started = time.monotonic()
         self.deadline = self.started + budget_s
         self.quick = quick
@@ -163,7 +164,7 @@ def _time(call, min_seconds: float, sync=lambda: None) -> float:
 def torch_baseline(run: Run, gpu: bool) -> dict:
     import torch
 
-    artifact = ROOT / "model_repository" / "calo_shower_generator" / "1" / "model.pt"
+    artifact = run.repository / "calo_shower_generator" / "1" / "model.pt"
     batches = [1, 64] if run.quick else [1, 64, 256, 1024, 4096]
     seconds = 0.05 if run.quick else 0.3
     devices = ["cpu"] + (["cuda:0"] if gpu else [])
@@ -226,7 +227,7 @@ def onnx_baseline(run: Run, gpu: bool) -> dict | None:
         return None
     rng = np.random.default_rng(0)
     rows = []
-    folder = ROOT / "model_repository" / "jet_tagger"
+    folder = run.repository / "jet_tagger"
     versions = sorted((p.name for p in folder.iterdir()
                        if p.is_dir() and p.name.isdigit() and (p / "model.onnx").is_file()),
                       key=int)
@@ -253,7 +254,7 @@ def tensorflow_baseline(run: Run, gpu: bool) -> dict | None:
         run.note("tensorflow GPU baseline skipped: TensorFlow sees no GPU (a CPU build, or "
                  "no CUDA libraries for it)")
         return None
-    loaded = tf.saved_model.load(str(ROOT / "model_repository" / "jet_energy_regression" / "1"
+    loaded = tf.saved_model.load(str(run.repository / "jet_energy_regression" / "1"
                                      / "model.savedmodel"))
     function = loaded.signatures["serving_default"]
     rng = np.random.default_rng(0)
@@ -294,7 +295,7 @@ def served(run: Run, gpu: bool, models: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="offload-gpu-run-") as scratch:
         repository = Path(scratch)
         for model in loadable:
-            shutil.copytree(ROOT / "model_repository" / model, repository / model,
+            shutil.copytree(run.repository / model, repository / model,
                             ignore=shutil.ignore_patterns("*.png", "*.md", "metrics.json"))
         lines: list[str] = []
         started = time.monotonic()
@@ -351,14 +352,14 @@ def served(run: Run, gpu: bool, models: list[str]) -> dict:
                 handle = client.model(model)
                 for pattern in ("pair",) if run.quick else ("pair", "triple"):
                     row = overlap.measure(handle, pattern, 2 if run.quick else 20,
-                                          ROOT / "model_repository", "as served",
+                                          run.repository, "as served",
                                           2, model)
                     result["overlap"].append(dataclasses.asdict(row))
                     print(f"  overlap {model} {pattern}: worst {row.worst_ms:.1f} ms, stalls "
                           f"{row.stalls}/{row.trials}", flush=True)
             if "calo_shower_generator" in loadable:
                 result["served_vs_in_process_cpu"] = _served_agreement(
-                    client.model("calo_shower_generator"), 256 if run.quick else 1024)
+                    run, client.model("calo_shower_generator"), 256 if run.quick else 1024)
     return result
 
 
@@ -372,12 +373,12 @@ class _Stopper:
         self.server.stop()
 
 
-def _served_agreement(model, rows: int) -> dict:
+def _served_agreement(run: Run, model, rows: int) -> dict:
     import torch
 
     inputs = _shower_inputs(rows, seed=11)
     served_output = model.infer(inputs)["shower"]
-    artifact = ROOT / "model_repository" / "calo_shower_generator" / "1" / "model.pt"
+    artifact = run.repository / "calo_shower_generator" / "1" / "model.pt"
     module = torch.jit.load(str(artifact), map_location="cpu").eval()
     with torch.inference_mode():
         local = module(*[torch.from_numpy(inputs[k]) for k in ("energy", "latent",
@@ -429,13 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="tiny timings: a smoke run")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"),
+                        help="the models (default model_repository, in the current directory; "
+                             "perf/gpu_run.sh runs from the checkout's root)")
     parser.add_argument("--budget-s", type=float, default=540.0,
                         help="stop starting steps after this (default %(default)s s)")
     parser.add_argument("--model", action="append", choices=MODELS,
                         help="served models (default: all; --quick: the shower generator)")
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    run = Run(args.output, args.budget_s, args.quick)
+    run = Run(args.output, args.budget_s, args.quick, args.repository)
     env = run.step("environment", 1, environment) or {"gpu": False, "modules": {}}
     gpu = bool(env.get("gpu"))
     modules = env.get("modules", {})

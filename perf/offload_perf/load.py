@@ -6,10 +6,15 @@ HTML reports and a small summary.
     make load LOAD_HOST=gpu1.example.org:8001 LOAD_ARGS="--run-time 5m"
 
 Starts a `LocalServer` on --repository unless --host (or $LOAD_HOST) names a running
-server, runs `locust -f perf/locustfile.py --headless ... --csv --html` in a subprocess,
+server, runs `locust -f <locustfile> --headless ... --csv --html` in a subprocess,
 stops the server, and writes load_summary.json (per model: requests, failures,
 inferences/s, latency percentiles; the machine; the locust command) next to the reports.
 The exit code is locust's (1 if any request failed, via --exit-code-on-error).
+
+The locustfile is the project's one, k8s/locust/locustfile.py, package data of
+`offload_deploy` (found where that package is installed; `--locustfile` prints its path).
+Paths are relative to the current directory: --repository model_repository, --output
+perf/results/load (a checkout's root, where `make load` runs).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,8 +30,21 @@ import sys
 import time
 from pathlib import Path
 
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "locustfile.py"
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "results" / "load"
+from offload_perf.options import RESULTS
+
+DEFAULT_OUTPUT = RESULTS / "load"
+
+
+def locustfile() -> Path:
+    """The locustfile, where the offload_deploy package is (k8s/locust/ in a checkout),
+    found without importing that package (it needs the k8s extra's pyyaml)."""
+    spec = importlib.util.find_spec("offload_deploy")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "locust" / "locustfile.py"
+        if path.is_file():
+            return path
+    raise FileNotFoundError("the locustfile (offload_deploy/locust/locustfile.py) is not "
+                            "installed; reinstall offload")
 
 
 def embedded_server(repository: Path, models: str):
@@ -39,10 +58,11 @@ def embedded_server(repository: Path, models: str):
 
 
 def locust_command(host: str, args: argparse.Namespace, prefix: Path) -> list[str]:
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+    return [sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless",
             "--host", host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
             "--run-time", args.run_time, "--models", args.models, "--shape", args.shape,
-            "--batch", str(args.batch), "--csv", str(prefix), "--html", f"{prefix}.html",
+            "--batch", str(args.batch), "--repository", str(args.repository),
+            "--csv", str(prefix), "--html", f"{prefix}.html",
             "--exit-code-on-error", "1", "--only-summary", "--stop-timeout", "10",
             "--loglevel", args.loglevel, *args.locust_args]
 
@@ -53,7 +73,7 @@ def summary(prefix: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    with open(path, newline="") as handle:
+    with Path(path).open(newline="") as handle:
         for row in csv.DictReader(handle):
             def number(key: str, row=row) -> float | None:
                 value = row.get(key, "")
@@ -81,7 +101,7 @@ def by_user_count(prefix: Path) -> list[dict]:
     if not path.is_file():
         return []
     groups: dict[int, list[dict]] = {}
-    with open(path, newline="") as handle:
+    with Path(path).open(newline="") as handle:
         for row in csv.DictReader(handle):
             if row["Name"] == "Aggregated" and row["Requests/s"] not in ("", "0", "0.000000"):
                 groups.setdefault(int(row["User Count"]), []).append(row)
@@ -102,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=os.environ.get("LOAD_HOST") or None,
                         help="HOST:PORT of a running server (default: start an embedded one)")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"),
+                        help="served by the embedded server; its validation samples are the "
+                             "inputs (default model_repository, in the current directory)")
     parser.add_argument("--models", default="jet_tagger,jet_energy_regression,"
                                             "calo_shower_generator")
     parser.add_argument("--users", type=int, default=8)
@@ -110,12 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-time", default="60s", help="locust's format: 30s, 5m, ...")
     parser.add_argument("--shape", default="step", choices=("constant", "step", "spike"))
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"folder of the reports (default {DEFAULT_OUTPUT})")
     parser.add_argument("--summary", type=Path, default=None,
                         help="summary JSON (default <output>/../load_summary.json)")
     parser.add_argument("--loglevel", default="WARNING")
+    parser.add_argument("--locustfile", action="store_true",
+                        help="print the locustfile's path and exit (for locust -f ...)")
     parser.add_argument("locust_args", nargs="*", help="passed on to locust (after --)")
     args = parser.parse_args(argv)
+    if args.locustfile:
+        print(locustfile())
+        return 0
 
     from offload_perf.options import machine
 

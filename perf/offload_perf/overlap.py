@@ -21,9 +21,10 @@ the compute the server did for the trial (compute summed over its requests, divi
 the instances that share it): time in which the server sat idle with work queued. That is
 the signature of the lost wake-up in Triton 2.51's dynamic batcher, which then sleeps its
 default 500 ms (README, "CPU backends"); slow compute on a loaded machine is not counted
-as a stall. Every model is measured as committed and with its instance_group forced to
-one instance (the configuration before the fix), both on one embedded server, served from
-a temporary copy of the repository.
+as a stall. Every model is measured as committed (two instances, no queue policy), as it
+was before the fix (one instance with a queue policy of 256 waiting, 10 s), and with one
+instance and no policy, all on one embedded server, served from a temporary copy of the
+repository.
 
 Writes overlap.json (with the machine) into --output.
 """
@@ -43,12 +44,11 @@ from pathlib import Path
 import numpy as np
 
 import offload
-from offload_perf.options import RESULTS, machine, models_of
+from offload_perf.options import RESULTS, machine, models_of, positive_int
 
 #: Idle time (slowest round trip minus the trial's compute per instance) above this met the
 #: batcher's 500 ms sleep: nothing else keeps an idle server from work this long.
 STALL_MS = 400.0
-ONE_INSTANCE = "__one_instance"
 
 
 def remainder(max_batch_size: int) -> int:
@@ -92,23 +92,40 @@ class Row:
     mean_executions: float
 
 
-def one_instance_copy(source: Path, target: Path) -> None:
-    """The model's folder (config, artifact) under `<name>__one_instance`, its
-    instance_group replaced by a single instance (kind unchanged)."""
-    from google.protobuf import text_format
+#: The configurations compared: (label, suffix of the served copy, instances forced or
+#: None, queue policy: None as committed, else (max_queue_size, timeout µs) or () for none).
+CONFIGURATIONS = (
+    ("as committed", "", None, None),
+    ("before: 1 instance + queue policy", "__before", 1, (256, 10_000_000)),
+    ("1 instance, no policy", "__one_instance", 1, ()),
+)
 
+
+def variant_copy(source: Path, target: Path, instances: int | None,
+                 queue_policy: tuple[int, int] | tuple[()] | None) -> None:
+    """The model's folder (config, artifact) under another name, its instance count and
+    queue policy replaced as asked (kind unchanged)."""
+    from offload_server import model_config
     from offload_server.model_spec import read_config
 
     config = read_config(source)
-    kind = config.instance_group[0].kind if config.instance_group else None
-    del config.instance_group[:]
-    group = config.instance_group.add()
-    group.count = 1
-    if kind is not None:
-        group.kind = kind
-    config.name = source.name + ONE_INSTANCE
+    if instances is not None:
+        kind = config.instance_group[0].kind if config.instance_group else None
+        del config.instance_group[:]
+        group = config.instance_group.add()
+        group.count = instances
+        if kind is not None:
+            group.kind = kind
+    if queue_policy is not None:
+        config.dynamic_batching.ClearField("default_queue_policy")
+        if queue_policy:
+            policy = config.dynamic_batching.default_queue_policy
+            policy.max_queue_size, policy.default_timeout_microseconds = queue_policy
+            policy.timeout_action = policy.REJECT
+            policy.allow_timeout_override = True
+    config.name = target.name
     _copy_model(source, target)
-    (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+    model_config.write(target / "config.pbtxt", config)
 
 
 def _copy_model(source: Path, target: Path) -> None:
@@ -200,20 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--model", action="append", help="default: every model")
-    parser.add_argument("--trials", type=int, default=30, help="trials per pattern")
+    parser.add_argument("--trials", type=positive_int, default=30, help="trials per pattern")
     parser.add_argument("--patterns", nargs="+", default=list(PATTERNS),
                         choices=list(PATTERNS))
     parser.add_argument("--committed-only", action="store_true",
-                        help="skip the one-instance copies (the configuration before the fix)")
+                        help="measure only the configurations as committed")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.trials < 1:
-        parser.error("--trials must be at least 1")
+    if not args.repository.is_dir():
+        parser.error(f"argument --repository: no folder {args.repository}")
     models = models_of(args.repository, args.model)
     missing = [m for m in models if not (args.repository / m / "config.pbtxt").is_file()]
     if missing:
-        raise offload.ModelNotFoundError(
-            f"model(s) {', '.join(missing)} not in the repository {args.repository}")
+        parser.error(f"argument --model: model(s) {', '.join(missing)} not in the repository "
+                     f"{args.repository}")
     rows: list[Row] = []
     record = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python -m offload_perf.overlap", *(argv or sys.argv[1:])]),
@@ -222,11 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         served: list[tuple[str, str, str, int]] = []  # (served name, model, config, instances)
         for name in models:
             source = args.repository / name
-            _copy_model(source, Path(scratch) / name)
-            served.append((name, name, "as committed", _instances(source)))
-            if not args.committed_only:
-                one_instance_copy(source, Path(scratch) / (name + ONE_INSTANCE))
-                served.append((name + ONE_INSTANCE, name, "one instance", 1))
+            for label, suffix, instances, policy in CONFIGURATIONS:
+                if suffix and args.committed_only:
+                    continue
+                variant_copy(source, Path(scratch) / (name + suffix), instances, policy)
+                served.append((name + suffix, name, label,
+                               instances or _instances(source)))
         with LocalServer(scratch) as server, \
                 offload.Client(server.grpc_url, timeout=60, retries=0) as client:
             for served_name, name, configuration, instances in served:
@@ -235,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = measure(model, pattern, args.trials, args.repository,
                                   configuration, instances, name)
                     rows.append(row)
-                    print(f"{name:22s} {configuration:13s} ({instances} instance(s)) "
+                    print(f"{name:22s} {configuration:33s} ({instances} instance(s)) "
                           f"{pattern:6s} {'+'.join(map(str, row.sizes)):>11s}: worst "
                           f"{row.worst_ms:7.1f} ms, median {row.median_trial_ms:6.1f} ms, "
                           f"stalls {row.stalls}/{row.trials}", flush=True)

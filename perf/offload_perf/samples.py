@@ -24,7 +24,9 @@ def jet_sample(repository: Path, model: str = "jet_tagger") -> tuple[np.ndarray,
     """(constituents [n, 128, 6], reco jets [n, 4]) of a jet model's validation sample."""
     path = Path(repository) / model / "validation.npz"
     if not path.is_file():
-        raise offload.ModelRepositoryError(
+        from offload_server.errors import ModelRepositoryError
+
+        raise ModelRepositoryError(
             f"{path} is missing: the jet events come from the validation sample of '{model}' "
             "(make models writes it)")
     with np.load(path, allow_pickle=False) as data:

@@ -21,7 +21,9 @@
    serially and with ``--workers 2``, all against the same embedded server, best of
    `--repeat` runs each.
 
-Writes ``perf/results/savings.json`` (with the machine) and prints a summary. The server
+Writes ``perf/results/savings.json`` (with the machine) and prints a summary. Paths are
+relative to the current directory (a checkout's root): --repository model_repository,
+--sample data/pfnano_sample.root, --output perf/results. The server
 and the job share this machine's cores, so figures on a busy machine are noisy: compare
 modes within one run.
 """
@@ -39,18 +41,17 @@ from pathlib import Path
 
 from offload_perf.options import RESULTS, machine
 
-ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("jet_tagger", "jet_energy_regression")
 
 
 def _gridsim(server: str, pgid: int, output: Path, modes: str, block: int,
              args: argparse.Namespace) -> dict:
     command = [sys.executable, "-m", "offload_perf.gridsim", "--server", server,
-               "--server-pgid", str(pgid),
+               "--server-pgid", str(pgid), "--repository", str(args.repository),
                "--workers", "1", "--modes", modes, "--block", str(block), "--cpu-ms", "0",
                "--lag", str(args.lag), "--duration", str(args.duration),
                "--warmup", str(args.warmup), "--output", str(output)]
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads((output / "gridsim.json").read_text())
 
 
@@ -108,7 +109,7 @@ def apply_rate(paths: list[Path], server: str, step: int, workers: int | None,
     if workers:
         command += ["--workers", str(workers)]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - started
     match = re.search(r"(\d+) jets in ([\d.]+) s", result.stdout)
     assert match, result.stdout
@@ -119,7 +120,8 @@ def apply_rate(paths: list[Path], server: str, step: int, workers: int | None,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sample", type=Path, default=ROOT / "data" / "pfnano_sample.root")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--sample", type=Path, default=Path("data") / "pfnano_sample.root")
     parser.add_argument("--duration", type=float, default=8.0,
                         help="seconds per job-CPU point")
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                                          *(argv if argv is not None else sys.argv[1:])]),
                     "settings": {k: (str(v) if isinstance(v, Path) else v)
                                  for k, v in vars(args).items()}}
-    with LocalServer(ROOT / "model_repository", models=list(MODELS)) as server, \
+    with LocalServer(args.repository, models=list(MODELS)) as server, \
             tempfile.TemporaryDirectory() as scratch:
         print("job CPU per event (gridsim, K=1, 2 jets/event, --cpu-ms 0):", file=sys.stderr)
         record["job_cpu"] = job_cpu(server.grpc_url, server.pid, args, Path(scratch))

@@ -21,8 +21,8 @@ error rate; RSS at start/end, the fitted growth slope after --warmup and a verdi
 git). Memory verdict per side: "no growth" when the least-squares slope after the warm-up,
 times the length of that window, is below max(5 MB, 2 % of the RSS at the end of the
 warm-up); else "growth". Exit code: 0; 1 when the error rate exceeds --max-error-rate, no
-request succeeded or the server died; 2 when the server cannot be reached or started;
-130 on Ctrl-C (what was sampled is still written).
+request succeeded or the server died; 2 when the server cannot be reached or started, or
+an argument is invalid (argparse's usage error); 130 on Ctrl-C (what was sampled is still written).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from offload_perf.load import embedded_server, locust_command, summary
-from offload_perf.options import RESULTS, machine
+from offload_perf.options import RESULTS, machine, positive_float, positive_int
 
 DEFAULT_OUTPUT = RESULTS / "soak"
 MB = 1024 * 1024
@@ -54,7 +54,7 @@ GROWTH_FRACTION = 0.02
 def _rss_bytes(pid: int | str) -> int:
     """VmRSS of one process in bytes (0 if it is gone or has no memory, e.g. a zombie)."""
     try:
-        with open(f"/proc/{pid}/status") as handle:
+        with Path(f"/proc/{pid}/status").open() as handle:
             for line in handle:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
@@ -70,7 +70,7 @@ def process_group_rss(pgid: int) -> tuple[int, int]:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as handle:
+            with Path(f"/proc/{entry.name}/stat").open() as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
@@ -125,7 +125,7 @@ def history(prefix: Path) -> list[dict]:
     rows: list[dict] = []
     if not path.is_file():
         return rows
-    with open(path, newline="") as handle:
+    with Path(path).open(newline="") as handle:
         for row in csv.DictReader(handle):
             if row.get("Name") != "Aggregated":
                 continue
@@ -194,10 +194,11 @@ def plot(record: dict, path: Path) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds (default 600)")
-    parser.add_argument("--rate", type=float, default=200.0,
+    parser.add_argument("--duration", type=positive_float, default=600.0,
+                        help="seconds (default 600)")
+    parser.add_argument("--rate", type=positive_float, default=200.0,
                         help="target requests/s over all users (default 200)")
-    parser.add_argument("--users", type=int, default=8,
+    parser.add_argument("--users", type=positive_int, default=8,
                         help="locust users sharing the rate (default 8)")
     parser.add_argument("--host", default=os.environ.get("LOAD_HOST") or None,
                         help="HOST:PORT of a running server (default: start an embedded one)")
@@ -233,9 +234,6 @@ def _stop(process: subprocess.Popen) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.duration <= 0 or args.rate <= 0 or args.users <= 0:
-        print("soak: error: --duration, --rate and --users must be positive", file=sys.stderr)
-        return 2
     warmup = args.warmup if args.warmup is not None else min(60.0, args.duration / 5)
     raw = args.output / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -278,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = argparse.Namespace(
             users=args.users, spawn_rate=float(args.users), run_time=f"{int(args.duration)}s",
             models=args.models, shape="constant", batch=args.batch, loglevel=args.loglevel,
+            repository=args.repository,
             locust_args=["--rate", f"{args.rate:g}", "--csv-full-history"])
         command = locust_command(host, settings, prefix)
         console.print("$ locust " + " ".join(command[3:]), highlight=False)
-        log = stack.enter_context(open(raw / "locust.log", "w"))
+        log = stack.enter_context((raw / "locust.log").open("w"))
         started = time.time()
         locust = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -26,7 +26,14 @@ import numpy as np
 
 import offload
 from offload.endpoints import SERVERS_VARIABLE
-from offload_perf.options import machine
+from offload_perf.options import (
+    keep_parser,
+    machine,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    usage_error,
+)
 
 #: perf_analyzer's column names where the meaning is the same (times in µs), then ours:
 #: Batch, Client+Network (round trip minus the server's share), Stable, Windows.
@@ -85,14 +92,22 @@ def generated_inputs(model: offload.Model, batch: int, seed: int = 0) -> dict[st
     return inputs
 
 
-def from_file(path: Path, model: offload.Model, batch: int) -> dict[str, np.ndarray]:
-    """The first `batch` rows of each input in an .npz (repeated if it has fewer)."""
+def missing_inputs(path: Path, model: offload.Model) -> str | None:
+    """What an .npz lacks of the model's inputs, in words; None if it has them all."""
     with np.load(path, allow_pickle=False) as data:
         missing = [t.name for t in model.inputs if t.name not in data.files]
-        if missing:
-            raise offload.InvalidInputError(
-                f"{path} lacks input(s) {', '.join(missing)} of model '{model.name}' "
-                f"(it has: {', '.join(data.files)})", model=model.name)
+        if not missing:
+            return None
+        return (f"{path} lacks input(s) {', '.join(missing)} of model '{model.name}' "
+                f"(it has: {', '.join(data.files)})")
+
+
+def from_file(path: Path, model: offload.Model, batch: int) -> dict[str, np.ndarray]:
+    """The first `batch` rows of each input in an .npz (repeated if it has fewer)."""
+    problem = missing_inputs(path, model)
+    if problem:
+        raise offload.InvalidInputError(problem, model=model.name)
+    with np.load(path, allow_pickle=False) as data:
         return {t.name: np.resize(data[t.name], (batch, *data[t.name].shape[1:]))
                 if model.max_batch_size > 0 else data[t.name] for t in model.inputs}
 
@@ -174,7 +189,7 @@ def _point(concurrency: int, batch: int, rates: list[float], last: tuple, stable
 
 
 def write_csv(points: list[Point], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
+    with Path(path).open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for p in points:
@@ -228,14 +243,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model")
     parser.add_argument("--server", action="append", dest="servers", metavar="HOST:PORT",
                         help=f"default ${SERVERS_VARIABLE}, else 127.0.0.1:8001")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
-    parser.add_argument("--window", type=float, default=1.0, help="seconds per window")
-    parser.add_argument("--stability", type=float, default=10.0, help="percent")
-    parser.add_argument("--max-trials", type=int, default=10, help="windows per point at most")
+    parser.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=[1])
+    parser.add_argument("--window", type=positive_float, default=1.0,
+                        help="seconds per window")
+    parser.add_argument("--stability", type=non_negative_float, default=10.0,
+                        help="percent")
+    parser.add_argument("--max-trials", type=positive_int, default=10,
+                        help="windows per point at most")
     parser.add_argument("--input-data", type=Path, help=".npz with one array per input")
     parser.add_argument("--output", type=Path, default=Path("perf/results/sweeps"))
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=positive_float, default=60.0)
+    keep_parser(parser)  # --batch and --input-data are checked against the model, later
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,9 +273,14 @@ def run(args: argparse.Namespace) -> int:
             args.batch = [1]
         too_big = [b for b in args.batch if 0 < model.max_batch_size < b]
         if too_big:
-            raise offload.InvalidInputError(
-                f"batch size(s) {too_big} exceed model '{args.model}''s max_batch_size "
-                f"{model.max_batch_size}", model=args.model)
+            usage_error(args, f"argument --batch: batch size(s) {too_big} exceed model "
+                              f"'{args.model}''s max_batch_size {model.max_batch_size}")
+        if args.input_data:
+            if not args.input_data.is_file():
+                usage_error(args, f"argument --input-data: no file {args.input_data}")
+            problem = missing_inputs(args.input_data, model)
+            if problem:
+                usage_error(args, f"argument --input-data: {problem}")
         total = len(args.batch) * len(args.concurrency)
         try:
             for batch in args.batch:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.errors import ModelRepositoryError, PortInUseError, ServerStartError
+from offload_server.errors import ModelRepositoryError, PortInUseError, ServerStartError
 from offload_server.triton_install import assemble_backends, find_triton
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,10 @@ class ModelStatus:
 
 #: Default bound on one request (a gRPC message, or an HTTP body): 64 MiB.
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+#: Default bound on inference calls in flight through the front, all clients together:
+#: the embedded server's queue bound (the repository's CPU configs set no queue policy,
+#: with which Triton 2.51's dynamic batcher can stall 500 ms; see README "CPU backends").
+DEFAULT_MAX_IN_FLIGHT = 512
 
 #: tritonserver flags that would open it beyond its private sockets, or that the front
 #: owns: refused in `extra_args`, with the LocalServer argument to use instead.
@@ -104,7 +108,7 @@ class LocalServer:
     on `http_host` / `metrics_host` (127.0.0.1 unless given). Without `models`, every model
     of the repository is loaded (control mode `none`); with `models`, only those (mode
     `explicit`). `start()` returns once the server and every requested model are ready, or
-    raises :class:`~offload.ServerStartError` carrying Triton's own error lines.
+    raises :class:`~offload_server.errors.ServerStartError` carrying Triton's own error lines.
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class LocalServer:
         tls: ServerTLS | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         shared_memory_sweep: float = 10.0,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         on_status: Callable[[str], None] | None = None,
         on_log_line: Callable[[str], None] | None = None,
         model_config_name: str | None = None,
@@ -176,6 +181,10 @@ class LocalServer:
         self.max_request_bytes = max_request_bytes
         #: seconds between sweeps for shared-memory regions of clients that are gone
         self.shared_memory_sweep = shared_memory_sweep
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        #: inference calls the front lets through at once (the server's queue bound)
+        self.max_in_flight = max_in_flight
         self._on_status = on_status
         self._on_log_line = on_log_line
         self._process: subprocess.Popen[bytes] | None = None
@@ -380,6 +389,7 @@ class LocalServer:
             backend, max_batch = "-", None
             if entry.get("state") == "READY":
                 config = self._http_json("GET", f"/v2/models/{entry['name']}/config")
+                assert isinstance(config, dict)
                 backend = config.get("backend") or config.get("platform") or "-"
                 max_batch = int(config.get("max_batch_size", 0))
             rows.append(ModelStatus(entry["name"], entry.get("version", "-"),
@@ -453,13 +463,15 @@ class LocalServer:
                 "client_ca": None if self.tls.client_ca is None else str(self.tls.client_ca)},
             "log_level": "INFO" if self.log_verbose else "WARNING",
             "janitor_interval": self.shared_memory_sweep,
+            "max_in_flight": self.max_in_flight,
             **{kind: None if self._ports[kind] is None else [host, self._ports[kind]]
                for kind, host in listeners.items()},
         }
         self._front = subprocess.Popen(
             [sys.executable, "-m", "offload_server.front"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=environment, start_new_session=True)
-        assert self._front.stdin is not None and self._front.stdout is not None
+        assert self._front.stdin is not None
+        assert self._front.stdout is not None
         self._front.stdin.write(json.dumps(config).encode() + b"\n")
         self._front.stdin.close()
         ready, _, _ = select.select([self._front.stdout], [], [], 60)
@@ -493,10 +505,12 @@ class LocalServer:
         return env
 
     def _read_output(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
+        assert self._process is not None
+        assert self._process.stdout is not None
         assert self._log_file is not None
-        with open(self._log_file, "w", encoding="utf-8") as sink:
-            for raw in self._process.stdout:
+        # The pipe is closed here, at its end, by the only thread that reads it.
+        with self._process.stdout as output, self._log_file.open("w", encoding="utf-8") as sink:
+            for raw in output:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 sink.write(line + "\n")
                 sink.flush()
@@ -523,7 +537,8 @@ class LocalServer:
         while True:
             elapsed = time.monotonic() - started
             if self._process.poll() is not None:
-                self._reader and self._reader.join(timeout=5)
+                if self._reader is not None:
+                    self._reader.join(timeout=5)
                 raise ServerStartError(self._failure_message(
                     f"tritonserver exited with code {self._process.returncode} while starting"))
             if self.ready():

@@ -15,24 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from offload.errors import ModelRepositoryError
+from offload import dtypes
+from offload_server.errors import ModelRepositoryError
 
-#: Triton data types that the CPU backends carry, with their numpy equivalents.
-#: (TYPE_BF16 has no numpy dtype; TYPE_STRING is not used by the physics models.)
+#: Triton data types that the CPU backends carry, with their numpy equivalents: the
+#: client's table in the model config's spelling. (TYPE_BF16 has no numpy dtype of its own
+#: and TYPE_STRING is not used by the physics models.)
 TRITON_TO_NUMPY: dict[str, np.dtype] = {
-    "TYPE_BOOL": np.dtype(np.bool_),
-    "TYPE_UINT8": np.dtype(np.uint8),
-    "TYPE_UINT16": np.dtype(np.uint16),
-    "TYPE_UINT32": np.dtype(np.uint32),
-    "TYPE_UINT64": np.dtype(np.uint64),
-    "TYPE_INT8": np.dtype(np.int8),
-    "TYPE_INT16": np.dtype(np.int16),
-    "TYPE_INT32": np.dtype(np.int32),
-    "TYPE_INT64": np.dtype(np.int64),
-    "TYPE_FP16": np.dtype(np.float16),
-    "TYPE_FP32": np.dtype(np.float32),
-    "TYPE_FP64": np.dtype(np.float64),
-}
+    f"TYPE_{name}": dtype for name, dtype in dtypes.TRITON_TO_NUMPY.items()
+    if name not in ("BYTES", "BF16")}
 
 #: Where each backend looks for its artifact inside a version folder, as the native
 #: backends do (`default_model_filename` in the config overrides it).

@@ -19,9 +19,16 @@ N_FEATURES, N_HIDDEN, N_OUT = 8, 32, 3
 
 
 def write_config(repo: Path, name: str, body: str) -> Path:
+    """`<repo>/<name>/config.pbtxt` from a config's fields in text format (`body`, without
+    the name), parsed into Triton's ModelConfig and written by `model_config` (a typo in
+    `body` fails here, with its line and column); the version folder `1/` made empty."""
+    from offload_server import model_config
+
     model_dir = repo / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(f'name: "{name}"\n{body.strip()}\n')
+    config = model_config.parse(body)
+    config.name = name
+    model_config.write(model_dir / "config.pbtxt", config)
     return model_dir
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
 
-from offload.errors import ModelRepositoryError, OffloadError
+from offload.errors import OffloadError
 from offload_server.backends import LOADERS
 from offload_server.backends import parameters as backend_parameters
 from offload_server.backends.triton_model import load_checked
+from offload_server.errors import ModelRepositoryError
 from offload_server.model_spec import (
     DEFAULT_ARTIFACT,
     VARIANTS_FOLDER,
@@ -196,9 +197,10 @@ def _variant_problems(where: str, config: model_config_pb2.ModelConfig,
     parameters may differ)."""
     problems = []
     if folders and _served(config, folders) != _served(default, folders):
-        mine = ", ".join(map(str, _served(config, folders))) or "none"
-        base = ", ".join(map(str, _served(default, folders))) or "none"
-        problems.append(f"{where}: serves version(s) {mine}, config.pbtxt {base}: a client "
+        theirs = ", ".join(map(str, _served(config, folders))) or "none"
+        default_versions = ", ".join(map(str, _served(default, folders))) or "none"
+        problems.append(f"{where}: serves version(s) {theirs}, config.pbtxt "
+                        f"{default_versions}: a client "
                         "that pins a version (or names none and gets the highest) must find "
                         "the same versions on every target; copy config.pbtxt's "
                         "version_policy")

@@ -20,6 +20,7 @@ from rich.table import Table
 from offload_server.local_server import (
     CONFIG_NAME_PATTERN,
     CONTROL_MODES,
+    DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_REQUEST_BYTES,
     LocalServer,
     ServerTLS,
@@ -51,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="BYTES",
                         help="largest request accepted, e.g. 16MiB or 1GB (default: 64MiB); "
                              "larger ones are refused before they reach Triton")
+    parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+                        metavar="N",
+                        help="inference requests let through at once, all clients together "
+                             "(default: %(default)s); more are refused as a full queue, "
+                             "which clients retry")
     parser.add_argument("--model-control-mode", choices=CONTROL_MODES, default=None,
                         help="Triton's model control mode (default: none, or explicit with -m)")
     parser.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: object) -> None:
         if not started.is_set():
             raise KeyboardInterrupt  # while starting: unwind, and start() stops the server
         stop.set()
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 exit_timeout=args.exit_timeout, startup_timeout=args.startup_timeout,
                 extra_args=passthrough, on_log_line=echo, token=token, tls=tls,
                 max_request_bytes=args.max_request_size, on_status=status.update,
+                max_in_flight=args.max_in_flight,
                 model_config_name=args.model_config_name,
             ).start()
         except ValueError as error:  # arguments LocalServer refuses (pass-through flags)
@@ -152,7 +159,8 @@ def exposure(server: LocalServer, *, token_file: str | None) -> str:
             "health, metadata, inference, config, statistics open; model repository, "
             "shared memory, trace, logging need the token")
     lines = [f"  gRPC     {server.grpc_url}  ({transport}; {apis}; requests up to "
-             f"{server.max_request_bytes} bytes)"]
+             f"{server.max_request_bytes} bytes, {server.max_in_flight} inference requests "
+             "at once)"]
     lines.append(f"  token    {token_file}  (yours)" if user_token else
                  f"  token    {server.token_file}  (generated for this server; only this "
                  "user can read it)")

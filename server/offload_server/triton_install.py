@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.errors import TritonNotInstalledError
+from offload_server.errors import TritonNotInstalledError
 
 #: Names of the project's Python-based CPU backends (each a folder in backend_shims/).
 CPU_BACKENDS = ("onnxruntime", "pytorch", "tensorflow")

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train only this model (repeatable; default: all)")
     parser.add_argument("--repository", type=Path, default=None,
                         help="where to export (default: model_repository/, or "
-                             "build/models-quick/ with --quick)")
+                             "build/models-quick/ with --quick; in the current directory)")
     parser.add_argument("--quick", action="store_true",
                         help="small data and one epoch: a smoke run, not a usable model")
     parser.add_argument("--workers", type=int, default=None,
@@ -44,8 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    default = model_repository().parent / "build" / "models-quick" if args.quick \
-        else model_repository()
+    default = Path("build") / "models-quick" if args.quick else model_repository()
     if (args.versions or args.ceiling) and args.model != ["jet_tagger"]:
         raise SystemExit("offload train: --version and --ceiling apply to one model: add "
                          "--model jet_tagger")

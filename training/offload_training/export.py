@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from offload_server import model_config
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -17,60 +19,63 @@ class Tensor:
     data_type: str  # Triton's, e.g. "TYPE_FP32"
     dims: Sequence[int]  # without the batch dimension
 
-    def pbtxt(self) -> str:
-        dims = ", ".join(str(d) for d in self.dims)
-        return f'{{ name: "{self.name}" data_type: {self.data_type} dims: [ {dims} ] }}'
-
 
 def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[Tensor],
                  outputs: Sequence[Tensor], *, max_queue_delay_us: int = 500,
-                 max_queue_size: int = 256, queue_timeout_us: int = 10_000_000,
+                 max_queue_size: int | None = None, queue_timeout_us: int = 10_000_000,
                  instance_count: int = 2,
                  parameters: dict[str, str] | None = None,
                  versions: Sequence[int] | None = None) -> str:
     """A complete config (loads with auto-complete off). No instance_group kind: KIND_AUTO
     puts the model on a GPU in the NGC image and on the CPU in the embedded server.
 
-    `versions`: serve exactly these version folders (`version_policy: { specific { ... } }`);
-    a request that names no version gets the highest of them. None: Triton's default policy,
-    the highest version folder only.
+    `versions`: serve exactly these version folders (`version_policy: { specific { ... } }`,
+    explicit, so that a stray version folder is not served by accident); a request that
+    names no version gets the highest of them. None: Triton's default policy, the highest
+    version folder only.
 
-    The queue policy protects the server under overload: at most `max_queue_size` requests
-    wait, none longer than `queue_timeout_us` (a request may ask for less); the others are
-    refused before they run, which the client retries with backoff, elsewhere if it can.
+    No queue policy by default: with one, Triton 2.51's dynamic batcher cannot prefetch and
+    waits for an idle instance, and the only wake-up it gets comes just before the instance
+    is idle again; when it loses that race it sleeps 500 ms (README, "CPU backends"). The
+    embedded server bounds its queue in its front instead (`offload serve --max-in-flight`).
+    `max_queue_size` adds a policy (at most that many waiting, none longer than
+    `queue_timeout_us`), for servers without such a front; then keep two instances or more,
+    so that another instance's completion wakes the batcher."""
+    return model_config.text(model_config_message(
+        name, backend, max_batch_size, inputs, outputs, max_queue_delay_us=max_queue_delay_us,
+        max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us,
+        instance_count=instance_count, parameters=parameters, versions=versions))
 
-    `instance_count` is 2, not 1: with a queue policy, Triton 2.51's dynamic batcher cannot
-    prefetch and waits for an idle instance; the only wake-up it gets comes just before the
-    instance is idle again, and when it loses that race it sleeps 500 ms. With a single
-    instance, a request that cannot join the running batch then waits ~500 ms (README,
-    "CPU backends"); with two, the other instance's completion wakes it."""
-    lines = [
-        f'name: "{name}"',
-        f'backend: "{backend}"',
-        f"max_batch_size: {max_batch_size}",
-        *([version_policy_pbtxt(versions)] if versions else []),
-        "input [",
-        ",\n".join(f"  {t.pbtxt()}" for t in inputs),
-        "]",
-        "output [",
-        ",\n".join(f"  {t.pbtxt()}" for t in outputs),
-        "]",
-        f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us}",
-        f"  default_queue_policy {{ max_queue_size: {max_queue_size} timeout_action: REJECT",
-        f"    default_timeout_microseconds: {queue_timeout_us} allow_timeout_override: true }}",
-        "}",
-        f"instance_group [ {{ count: {instance_count} }} ]",
-    ]
+
+def model_config_message(name: str, backend: str, max_batch_size: int,
+                         inputs: Sequence[Tensor], outputs: Sequence[Tensor], *,
+                         max_queue_delay_us: int = 500, max_queue_size: int | None = None,
+                         queue_timeout_us: int = 10_000_000, instance_count: int = 2,
+                         parameters: dict[str, str] | None = None,
+                         versions: Sequence[int] | None = None):
+    """The `model_config_pb2.ModelConfig` that `config_pbtxt` writes."""
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig(name=name, backend=backend,
+                                          max_batch_size=max_batch_size)
+    if versions:
+        config.version_policy.specific.versions.extend(sorted(versions))
+    for t in inputs:
+        config.input.add(**model_config.tensor(t.name, t.data_type, t.dims))
+    for t in outputs:
+        config.output.add(**model_config.tensor(t.name, t.data_type, t.dims))
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = max_queue_delay_us
+    if max_queue_size is not None:
+        policy = batching.default_queue_policy
+        policy.max_queue_size = max_queue_size
+        policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = queue_timeout_us
+        policy.allow_timeout_override = True
+    config.instance_group.add(count=instance_count)
     for key, value in (parameters or {}).items():
-        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
-    return "\n".join(lines) + "\n"
-
-
-def version_policy_pbtxt(versions: Sequence[int]) -> str:
-    """`version_policy` serving exactly `versions` (explicit, so that a stray version folder
-    is not served by accident)."""
-    listed = ", ".join(str(v) for v in sorted(versions))
-    return f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
+        config.parameters[key].string_value = value
+    return config
 
 
 def model_folder(repository: Path, name: str, version: int = 1) -> Path:

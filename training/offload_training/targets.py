@@ -212,85 +212,60 @@ GPU: dict[str, Target] = {
 TARGETS: dict[str, dict[str, Target]] = {"gpu": GPU}
 
 
-def _tensor_lines(tensors) -> str:
+def variant_config(model_dir: Path, target: Target):  # -> model_config_pb2.ModelConfig
+    """The variant as a message: backend, inputs and outputs from the model's config.pbtxt,
+    the rest from the target."""
     from tritonclient.grpc import model_config_pb2
 
-    lines = []
-    for t in tensors:
-        dims = ", ".join(str(d) for d in t.dims)
-        data_type = model_config_pb2.DataType.Name(t.data_type)
-        lines.append(f'  {{ name: "{t.name}" data_type: {data_type} dims: [ {dims} ] }}')
-    return ",\n".join(lines)
-
-
-def variant_pbtxt(model_dir: Path, target: Target) -> str:
-    """The variant's text: backend, inputs and outputs from the model's config.pbtxt."""
     from offload_server.model_spec import read_config
 
     base = read_config(model_dir)
-    name = model_dir.name
-    sizes = ", ".join(str(s) for s in target.preferred_batch_sizes)
-    lines = [
-        f"# {name}, target '{target.target}': tritonserver --model-config-name={target.target}",
-        "# loads this file instead of ../config.pbtxt (the CPU config). Why each number:",
-        "# ../model_card.md, \"Config variants\". Written by offload_training.targets.",
-        f'name: "{name}"',
-        f'backend: "{base.backend}"',
-        f"max_batch_size: {target.max_batch_size}",
-        *_version_policy(base),
-        "input [",
-        _tensor_lines(base.input),
-        "]",
-        "output [",
-        _tensor_lines(base.output),
-        "]",
-        f"instance_group [ {{ count: {target.instances} kind: {target.kind} }} ]",
-        f"dynamic_batching {{ preferred_batch_size: [ {sizes} ]",
-        f"  max_queue_delay_microseconds: {target.max_queue_delay_us}",
-        f"  default_queue_policy {{ max_queue_size: {target.max_queue_size} "
-        "timeout_action: REJECT",
-        f"    default_timeout_microseconds: {target.queue_timeout_us} "
-        "allow_timeout_override: true }",
-        "}",
-    ]
+    config = model_config_pb2.ModelConfig(name=model_dir.name, backend=base.backend,
+                                          max_batch_size=target.max_batch_size)
+    config.input.extend(base.input)
+    config.output.extend(base.output)
+    config.instance_group.add(
+        count=target.instances,
+        kind=model_config_pb2.ModelInstanceGroup.Kind.Value(target.kind))
+    batching = config.dynamic_batching
+    batching.preferred_batch_size.extend(target.preferred_batch_sizes)
+    batching.max_queue_delay_microseconds = target.max_queue_delay_us
+    policy = batching.default_queue_policy
+    policy.max_queue_size = target.max_queue_size
+    policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = target.queue_timeout_us
+    policy.allow_timeout_override = True
+    if base.HasField("version_policy"):  # a variant serves the same versions: clients that
+        config.version_policy.CopyFrom(base.version_policy)  # pin one see one interface
     for key, value in target.parameters.items():
-        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+        config.parameters[key].string_value = value
     if target.warmup:
-        lines.append("model_warmup [")
-        warmups = []
         for label, batch in (("one", 1), ("full", target.max_batch_size)):
-            inputs = "\n".join(
-                f'    inputs {{ key: "{t.name}" value: {{ data_type: '
-                f"{_data_type(t.data_type)} dims: [ {', '.join(str(d) for d in t.dims)} ] "
-                "zero_data: true } }" for t in base.input)
-            warmups.append(f'  {{ name: "{label}" batch_size: {batch}\n{inputs} }}')
-        lines.append(",\n".join(warmups))
-        lines.append("]")
-    return "\n".join(lines) + "\n" + target.options
+            warmup = config.model_warmup.add(name=label, batch_size=batch)
+            for t in base.input:
+                sample = warmup.inputs[t.name]
+                sample.data_type = t.data_type
+                sample.dims.extend(t.dims)
+                sample.zero_data = True
+    return config
 
 
-def _version_policy(config) -> list[str]:
-    """config.pbtxt's version_policy, if it sets one: a variant serves the same versions
-    (clients that pin one, or name none and get the highest, see one interface)."""
-    policy = config.version_policy
-    kind = policy.WhichOneof("policy_choice")
-    if kind == "specific":
-        listed = ", ".join(str(v) for v in sorted(policy.specific.versions))
-        return [f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"]
-    if kind == "all":
-        return ["version_policy: { all: {} }"]
-    if kind == "latest":
-        return [f"version_policy: {{ latest: {{ num_versions: {policy.latest.num_versions} }} }}"]
-    return []
+def variant_pbtxt(model_dir: Path, target: Target) -> str:
+    """The variant's text: `variant_config` with a header saying what the file is, and the
+    target's commented-out options after it."""
+    from offload_server import model_config
+
+    header = [
+        f"{model_dir.name}, target '{target.target}': tritonserver "
+        f"--model-config-name={target.target}",
+        "loads this file instead of ../config.pbtxt (the CPU config). Why each number:",
+        "../model_card.md, \"Config variants\". Written by offload_training.targets.",
+    ]
+    return model_config.text(variant_config(model_dir, target), header=header,
+                             trailer=target.options)
 
 
-def _data_type(value: int) -> str:
-    from tritonclient.grpc import model_config_pb2
-
-    return model_config_pb2.DataType.Name(value)
-
-
-def card_section(model_dir: Path, targets: dict[str, Target]) -> str:
+def card_section(targets: dict[str, Target]) -> str:
     """The model card's "Config variants" section, between markers (rewritten in place)."""
     lines = [_CARD_BEGIN, "## Config variants", "",
              "`config.pbtxt` is tuned for the CPU (the embedded server and CPU-only clusters). "
@@ -341,7 +316,7 @@ def write_variants(model_dir: Path) -> list[Path]:
         path.write_text(variant_pbtxt(model_dir, target))
         written.append(path)
     if targets:
-        _update_card(model_dir / "model_card.md", card_section(model_dir, targets))
+        _update_card(model_dir / "model_card.md", card_section(targets))
     return written
 
 

@@ -153,8 +153,8 @@ def markdown_table() -> str:
         for key, parameter in keys.items():
             here = parameter.here or "the same"
             rows.append(f"| `{backend}` | `{key}` | {parameter.native} | {here} |")
-    for backend, keys in DEPRECATED.items():
-        for old, new in keys.items():
+    for backend, aliases in DEPRECATED.items():
+        for old, new in aliases.items():
             rows.append(f"| `{backend}` | `{old}` | ignored | deprecated alias of `{new}` "
                         f"(warns) |")
     return "\n".join(rows)

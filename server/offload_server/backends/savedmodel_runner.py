@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offload.errors import ModelRepositoryError
 from offload_server.backends.runner import ArtifactTensor, Signature
+from offload_server.errors import ModelRepositoryError
 from offload_server.model_spec import ModelSpec
 
 DEFAULT_SIGNATURE = "serving_default"

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from offload.errors import ModelRepositoryError
 from offload_server.backends import placement
 from offload_server.backends.runner import Runner, signature_problems
+from offload_server.errors import ModelRepositoryError
 from offload_server.model_spec import ModelSpec, TensorSpec, shapes_compatible
 
 Loader = Callable[..., Runner]  # (artifact, spec[, device]) -> Runner

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from offload_server.front import janitor
-from offload_server.front.grpc_relay import RelayConfig, protocol_factory
+from offload_server.front.grpc_relay import Admission, RelayConfig, protocol_factory
 from offload_server.front.http_front import HTTPFrontConfig, serve_http
 from offload_server.front.policy import AccessPolicy
 
@@ -79,7 +79,8 @@ async def serve(config: dict[str, Any]) -> None:
         loop.add_signal_handler(signum, stopping.set)
     try:
         grpc_host, grpc_port = config["grpc"]
-        relay = RelayConfig(sockets["grpc"], policy, limit)
+        relay = RelayConfig(sockets["grpc"], policy, limit,
+                            Admission(int(config.get("max_in_flight", 512))))
         server = await loop.create_server(
             protocol_factory(relay), grpc_host, grpc_port, reuse_address=True,
             ssl=tls_context(config.get("tls"), ["h2"]))

@@ -40,7 +40,7 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDO
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, CANCEL, COMPRESSION_ERROR = 0x0, 0x1, 0x8, 0x9
 SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE = 0x1, 0x6
-RESOURCE_EXHAUSTED = 8
+RESOURCE_EXHAUSTED, UNAVAILABLE = 8, 14
 
 #: Streams a client may leave refused but unfinished before its connection is closed.
 MAX_REFUSED_OPEN = 1024
@@ -161,11 +161,26 @@ class _Chunk:
         self.run = max(self.run, end)
 
 
+@dataclass
+class Admission:
+    """Inference calls in flight through the front, all connections together, and their
+    bound: beyond it a call is refused as Triton refuses one whose queue is full, so that
+    clients back off and try again (or elsewhere) instead of piling up in Triton."""
+
+    limit: int
+    in_flight: int = 0
+
+
+INFERENCE_PATHS = frozenset({"/inference.GRPCInferenceService/ModelInfer",
+                             "/inference.GRPCInferenceService/ModelStreamInfer"})
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     upstream: str  # Triton's gRPC unix socket
     policy: AccessPolicy
     max_request_bytes: int
+    admission: Admission = field(default_factory=lambda: Admission(512))
 
 
 class Connection:
@@ -188,6 +203,7 @@ class Connection:
         self.refused: set[int] = set()  # refused calls the client has not finished
         self.silenced: dict[int, None] = {}  # refused calls, oldest first
         self.answered: set[int] = set()  # streams Triton has sent headers on
+        self.admitted: set[int] = set()  # inference calls counted in the admission
         self.closed = False
 
     @property
@@ -221,6 +237,8 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.config.admission.in_flight -= len(self.admitted)
+        self.admitted.clear()
         for transport in (self.client, self.triton):
             if transport is not None:
                 transport.close()
@@ -382,6 +400,7 @@ class Connection:
         elif kind == RST_STREAM:
             self.calls.pop(stream, None)
             self.answered.discard(stream)
+            self._release(stream)
         self.to_triton.relay(raw)
 
     def _client_headers(self, raw: bytes, kind: int, flags: int, stream: int) -> None:
@@ -396,7 +415,8 @@ class Connection:
             return
         _, frames, fragments = self.client_block
         self.client_block = None
-        headers = self.decoder.decode(b"".join(fragments), raw=False)
+        headers = [(str(k), str(v))
+                   for k, v in self.decoder.decode(b"".join(fragments), raw=False)]
         end_stream = bool(frames[0][4] & END_STREAM)
         for piece in frames:  # always: Triton's HPACK table must see every block
             self.to_triton.relay(piece)
@@ -406,6 +426,8 @@ class Connection:
         elif stream not in self.calls and stream not in self.silenced:  # a new call
             path = next((v for k, v in headers if k == ":path"), "")
             refusal = self.config.policy.check_grpc(path, headers)
+            if refusal is None and path in INFERENCE_PATHS:
+                refusal = self._admit(stream)
             if refusal is not None:
                 self._refuse(stream, refusal)
                 if end_stream:
@@ -416,7 +438,23 @@ class Connection:
         elif end_stream:
             self.calls.pop(stream, None)
 
-    def _check_data(self, call: _Call, data: bytes) -> Refusal | None:
+    def _admit(self, stream: int) -> Refusal | None:
+        admission = self.config.admission
+        if admission.in_flight >= admission.limit:
+            # Worded as Triton's full queue: clients retry it as an overload, elsewhere first.
+            return Refusal(UNAVAILABLE, f"Exceeds maximum queue size: {admission.limit} "
+                                        "inference requests are in flight on this server "
+                                        "(offload serve --max-in-flight)")
+        admission.in_flight += 1
+        self.admitted.add(stream)
+        return None
+
+    def _release(self, stream: int) -> None:
+        if stream in self.admitted:
+            self.admitted.discard(stream)
+            self.config.admission.in_flight -= 1
+
+    def _check_data(self, call: _Call, data: bytes | memoryview) -> Refusal | None:
         limit = self.config.max_request_bytes
         position, size = 0, len(data)
         while position < size:
@@ -461,6 +499,7 @@ class Connection:
         if len(self.refused) >= MAX_REFUSED_OPEN:
             raise _ProtocolViolation(f"{len(self.refused)} refused calls left open")
         self.refused.add(stream)
+        self._release(stream)
         self.silenced[stream] = None
         if len(self.silenced) > MAX_SILENCED:
             del self.silenced[next(iter(self.silenced))]
@@ -579,6 +618,7 @@ class Connection:
     def _finished(self, stream: int) -> None:
         self.answered.discard(stream)
         self.calls.pop(stream, None)
+        self._release(stream)
 
     def _triton_settings(self, payload: bytes) -> None:
         # The limits Triton sets for the client's encoder are those of our decoder.
@@ -643,7 +683,7 @@ class _Side(asyncio.Protocol):
         if other is not None and not self.connection.closed:
             other.resume_reading()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         self.connection.close()
 
 

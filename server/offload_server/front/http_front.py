@@ -166,7 +166,7 @@ def _handler(config: HTTPFrontConfig) -> type[http.server.BaseHTTPRequestHandler
             if category is None:
                 self._refuse(404, f"{path} is not served here")
                 return
-            body = self._body(category)  # its size is checked before anything else
+            body = self._body()  # its size is checked before anything else
             if body is None:
                 return
             if needs_token and not self._token_ok():
@@ -188,7 +188,7 @@ def _handler(config: HTTPFrontConfig) -> type[http.server.BaseHTTPRequestHandler
                 self.close_connection = True
                 self._refuse(502, "the server behind this front did not answer")
 
-        def _body(self, category: str) -> bytes | None:
+        def _body(self) -> bytes | None:
             """The body, read whole once its length is known to be within the limit."""
             if "Transfer-Encoding" in self.headers:
                 self.close_connection = True

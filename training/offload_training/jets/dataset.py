@@ -357,7 +357,7 @@ def load_or_generate(sample: str, n_jets: int, *, seed: int = 0, workers: int | 
     data = generate(sample, n_jets, seed=seed, workers=workers, stats=stats, truth=truth)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as f:
+    with Path(partial).open("wb") as f:
         np.savez_compressed(f, **data)
     partial.replace(path)
     record = {

@@ -122,7 +122,7 @@ def write_sample(path: Path, n_events: int, *, seed: int = 0, progress: bool = T
                 jets += int(ak.sum(ak.num(arrays["FatJet"])))
                 if progress:
                     print(f"\r{written}/{n_events} events, {jets} fat jets", end="", flush=True)
-        os.replace(partial, path)
+        Path(partial).replace(path)
     finally:
         if partial.exists():
             partial.unlink()

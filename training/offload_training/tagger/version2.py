@@ -25,7 +25,6 @@ import torch
 from offload.physics.jets import tagger_inputs
 from offload_training.jet_samples import JetSample
 from offload_training.metrics import tagging_metrics
-from offload_training.paths import REPO_ROOT
 from offload_training.tagger import data
 from offload_training.tagger.interface import INPUTS, OUTPUTS
 from offload_training.tagger.model import TopProbability
@@ -94,7 +93,7 @@ def checkpoint_path(architecture: Architecture, settings: Settings, n_train: int
     key = json.dumps([architecture.as_dict(), settings.as_dict(), n_train, tag],
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return REPO_ROOT / "build" / "checkpoints" / f"jet_tagger-v2-{tag}-{digest}.pt"
+    return Path("build") / "checkpoints" / f"jet_tagger-v2-{tag}-{digest}.pt"
 
 
 def train(train_arrays: dict[str, np.ndarray], train_labels: np.ndarray,

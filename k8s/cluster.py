@@ -346,7 +346,7 @@ class _progress:
 
     def __enter__(self):
         if self.console is None:
-            return lambda n: None
+            return lambda _n: None
         from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
         self.progress = Progress(*Progress.get_default_columns(), DownloadColumn(),

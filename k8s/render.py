@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,6 @@ import yaml
 
 from offload_deploy.errors import DeployError
 
-K8S_DIR = Path(__file__).resolve().parent.parent
 OVERLAYS = ("gpu", "cpu", "dev")
 BASE_NAMESPACE = "offload"  # the namespace written in k8s/base; --namespace replaces it
 PART_OF = ("app.kubernetes.io/part-of", "offload")
@@ -31,17 +31,27 @@ def kubectl() -> str:
     return found
 
 
-def overlay_dir(overlay: str | os.PathLike[str], k8s_dir: Path = K8S_DIR) -> Path:
+def manifests_dir() -> Path:
+    """Where the manifests are: the offload_deploy package itself (k8s/ in a checkout, its
+    installed copy otherwise; package data). A real folder, since kubectl kustomize reads it."""
+    root = files("offload_deploy")
+    if not isinstance(root, Path):
+        raise DeployError(f"offload_deploy is installed as {root}, not as a folder: "
+                          "kubectl kustomize cannot read its manifests there")
+    return root
+
+
+def overlay_dir(overlay: str | os.PathLike[str], k8s_dir: Path | None = None) -> Path:
     """An overlay name (gpu, cpu, dev) or a path to any kustomization directory."""
     path = Path(overlay)
     if not path.is_dir():
-        path = k8s_dir / "overlays" / str(overlay)
+        path = (k8s_dir or manifests_dir()) / "overlays" / str(overlay)
     if not (path / "kustomization.yaml").is_file():
         raise DeployError(f"no kustomization at {path}; overlays: {', '.join(OVERLAYS)}")
     return path
 
 
-def render_yaml(overlay: str | os.PathLike[str], k8s_dir: Path = K8S_DIR) -> str:
+def render_yaml(overlay: str | os.PathLike[str], k8s_dir: Path | None = None) -> str:
     path = overlay_dir(overlay, k8s_dir)
     result = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True,
                             text=True, check=False)
@@ -51,7 +61,7 @@ def render_yaml(overlay: str | os.PathLike[str], k8s_dir: Path = K8S_DIR) -> str
 
 
 def render(overlay: str | os.PathLike[str] = "gpu", namespace: str | None = None,
-           k8s_dir: Path = K8S_DIR) -> list[Obj]:
+           k8s_dir: Path | None = None) -> list[Obj]:
     """The overlay's objects, moved into `namespace` when one is given."""
     objects = [o for o in yaml.safe_load_all(render_yaml(overlay, k8s_dir)) if o]
     if namespace and namespace != BASE_NAMESPACE:
