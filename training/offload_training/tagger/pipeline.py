@@ -88,7 +88,7 @@ def build(repository: Path, *, quick: bool = False, workers: int | None = None,
             "2", {}).get("ceiling")
         if earlier and _same(earlier["architecture"],
                              records["2"]["architecture_parameters"]) \
-                and _same(earlier["settings"], records["2"]["training"]["settings"]):
+                and _same(earlier["settings"], version2.ceiling_settings(quick, seed).as_dict()):
             records["2"]["ceiling"] = earlier
     jets.gen_constituents = None  # not needed further
 
