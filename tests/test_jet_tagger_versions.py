@@ -202,7 +202,7 @@ def test_repo_check_reads_version_policies(tmp_path):
 def test_quick_two_version_pipeline_and_a_rebuild_of_version_2_alone(tmp_path):
     from offload_training.tagger.pipeline import build
 
-    first = build(tmp_path, quick=True)
+    first = build(tmp_path, quick=True, ceiling=True)
     folder = tmp_path / "jet_tagger"
     assert first["quick"]
     assert first["versions_served"] == [1, 2]
@@ -216,10 +216,16 @@ def test_quick_two_version_pipeline_and_a_rebuild_of_version_2_alone(tmp_path):
     card = (folder / "model_card.md").read_text()
     assert "QUICK smoke run" in card
     assert "version 2 (default)" in card
+    # the generator-level study: its own (shorter) training, its test figures in the card
+    study = first["versions"]["2"]["ceiling"]
+    assert 0.0 <= study["generator_level"]["auc"] <= 1.0
+    assert "generator-level constituents" in card
+    assert f"{study['generator_level']['auc']:.4f}" in card
     v1_bytes = (folder / "1" / "model.onnx").read_bytes()
     v1_training = first["versions"]["1"]["training"]
 
     again = build(tmp_path, quick=True, versions=(2,), seed=1)  # version 1 is kept
+    assert "ceiling" not in again["versions"]["2"]  # another seed: the study is not its own
     assert (folder / "1" / "model.onnx").read_bytes() == v1_bytes
     assert again["versions"]["1"]["training"] == v1_training
     assert again["versions"]["2"]["training"]["settings"]["seed"] == 1

@@ -143,9 +143,11 @@ GPU: dict[str, Target] = {
         parameters={"intra_op_thread_count": "1"},
         reasons={
             **_common_reasons(1024, 128 * 16 * 4,
-                              "EdgeConv over 64 constituents with k = 12 keeps ~0.3 MB of "
-                              "activations per jet, ~0.3 GB at 1024 jets: any data-centre "
-                              "GPU holds it"),
+                              "version 2's two EdgeConv blocks over 64 constituents (k = 8, "
+                              "up to 64 channels per edge: 64 × 8 × 64 floats, 131 kB, per "
+                              "edge tensor) keep of the order of 1 MB of activations per jet, "
+                              "~1 GB at 1024 jets (version 1 less): any data-centre GPU "
+                              "holds it"),
             "intra_op_thread_count":
                 "ONNX Runtime's CPU threads for a GPU session only run ops without a CUDA "
                 "kernel and default to every core the container sees (the node's, not the "

@@ -33,7 +33,7 @@ from offload_training.export import (
     write_json,
 )
 from offload_training.metrics import tagging_metrics, tagging_metrics_with_errors
-from offload_training.tagger import card, data, version1, version2
+from offload_training.tagger import data, version1, version2
 from offload_training.tagger.interface import INPUTS, NAME, OUTPUTS
 
 __all__ = ["INPUTS", "NAME", "OUTPUTS", "build"]
@@ -136,6 +136,8 @@ def build(repository: Path, *, quick: bool = False, workers: int | None = None,
         "seconds_total": time.perf_counter() - started,
     }
     write_json(model_dir / "metrics.json", metrics)
+    from offload_training.tagger import card  # imported when used: a training of an hour
+    # writes the card as its code is when the training ends
     card.write(model_dir, metrics, timings, test.is_top, scores)
     return metrics
 
