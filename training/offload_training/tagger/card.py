@@ -299,8 +299,9 @@ calorimeter resolution, thresholds and angular smearing, non-compensating HCAL).
 | generator level | {ceiling['training_jets']:,} | {_auc(gen)} | {_rejection(gen, 'rejection_at_30')} | {_rejection(gen, 'rejection_at_50')} |
 
 At ε_S = 0.3 the generator-level constituents give {ratio_text} version 2's rejection with
-the same network and training jets, and half the epochs (so, if anything, an underestimate
-of what they allow).
+the same network, with {len(ceiling['history'])} epoch(s) on {ceiling['training_jets']:,}
+of version 2's training jets against its {len(reco_history)} on {_training_jets(v2):,}: less
+training, so if anything an underestimate of what they allow.
 """
 
 
