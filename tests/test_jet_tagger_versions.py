@@ -197,6 +197,23 @@ def test_repo_check_reads_version_policies(tmp_path):
                for e in report["variant"].errors)
 
 
+def test_config_writers_carry_the_version_policy(tmp_path):
+    from offload_training.export import Tensor, config_pbtxt
+    from offload_training.targets import GPU, variant_config
+
+    text = config_pbtxt("m", "onnxruntime", 32, [Tensor("x", "TYPE_FP32", [4])],
+                        [Tensor("y", "TYPE_FP32", [1])], versions=[2, 1])
+    assert list(model_config.parse(text).version_policy.specific.versions) == [1, 2]
+    plain = config_pbtxt("m", "onnxruntime", 32, [Tensor("x", "TYPE_FP32", [4])],
+                         [Tensor("y", "TYPE_FP32", [1])])
+    assert not model_config.parse(plain).HasField("version_policy")  # Triton's default
+    # a variant serves what config.pbtxt serves
+    folder = _versions(tmp_path, "jet_tagger", (1, 2),
+                       "version_policy: { specific: { versions: [1, 2] } }")
+    variant = variant_config(folder, GPU["jet_tagger"])
+    assert list(variant.version_policy.specific.versions) == [1, 2]
+
+
 # ------------------------------------------------------------------ the QUICK pipeline
 @pytest.mark.slow
 def test_quick_two_version_pipeline_and_a_rebuild_of_version_2_alone(tmp_path):
