@@ -300,8 +300,8 @@ calorimeter resolution, thresholds and angular smearing, non-compensating HCAL).
 
 At ε_S = 0.3 the generator-level constituents give {ratio_text} version 2's rejection with
 the same network, with {len(ceiling['history'])} epoch(s) on {ceiling['training_jets']:,}
-of version 2's training jets against its {len(reco_history)} on {_training_jets(v2):,} (with
-less training than version 2 it would be an underestimate of what they allow).
+of version 2's training jets against its {len(reco_history)} on {_training_jets(v2):,} (where
+it had less training than version 2, an underestimate of what they allow).
 """
 
 
