@@ -71,11 +71,12 @@ SIZING_DECISION = (
     "full training ran its first 100 steps at ~4.3 ms per jet instead of 1.6 (other sessions "
     "were loading the shared cores), which projected ~90 min: it was stopped and restarted with"
     " 3 epochs, which then ran at ~1.7 ms per jet (~7 min per epoch with validation). The "
-    "generator-level study has the same network and optimiser on the same training jets, for 2 "
-    "epochs instead of 3 (~20 min at the ~0.7 s per step the shared machine allowed when it "
-    "ran). Why k = 12 costs 3.7× k = 8 on this CPU, more than its 1.5× edges, was not "
-    "investigated (the top-k and the gathers scale worse than linearly here); the in-process "
-    "cost per jet in the table above is measured separately.")
+    "generator-level study has the same network and optimiser on the same training jets, for 1 "
+    "epoch instead of 3: by then other sessions' load had slowed training to ~0.9 s per step "
+    "(3.6 ms per jet), so one epoch took the ~15–20 min left for it. Why k = 12 costs 3.7× k = "
+    "8 on this CPU, more than its 1.5× edges, was not investigated (the top-k and the gathers "
+    "scale worse than linearly here); the in-process cost per jet in the table above is "
+    "measured separately.")
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,10 @@ class Settings:
 QUICK_SETTINGS = Settings(epochs=1, batch_size=64)
 #: The generator-level study (`ceiling`): the same network and optimiser as version 2, for
 #: CEILING_EPOCHS on CEILING_TRAINING_JETS of the same training jets (model card, "What the
-#: data set allows"); here 2 epochs (version 2: 3) on all of them, ~20 minutes. With less
-#: training it can only understate what the generator-level constituents allow.
-CEILING_EPOCHS = 2
+#: data set allows"); here 1 epoch (version 2: 3) on all of them, ~15-20 minutes on the
+#: loaded machine. With less training it can only understate what the generator-level
+#: constituents allow.
+CEILING_EPOCHS = 1
 #: Training jets of the study (a random subset when the split has more; None: all).
 CEILING_TRAINING_JETS: int | None = None
 INPUT_NAMES = ("points", "features", "mask")
