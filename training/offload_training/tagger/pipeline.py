@@ -43,6 +43,11 @@ VERSIONS = (1, 2)
 #: Jets kept in the committed validation sample (it must stay under 2 MB).
 VALIDATION_JETS = 1000
 QUICK_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+#: Batch sizes measured for max_batch_size: at most 256. Version 2's onnxruntime session
+#: holds ~2.5 MB per row at large batches (its edge tensors: 64 constituents × 8 neighbours
+#: × 64 channels), so 4096 rows (what the throughput rule picked on the loaded machine) took
+#: ~10 GB per session and ran the training process out of memory; 256 rows is ~0.6 GB.
+TAGGER_BATCHES = tuple(b for b in BATCHES if b <= 256)
 
 
 def build(repository: Path, *, quick: bool = False, workers: int | None = None,
@@ -96,7 +101,7 @@ def build(repository: Path, *, quick: bool = False, workers: int | None = None,
     test_inputs = version2.inputs(test.constituents, test.reco_jet)
     _, timings, max_batch = configure_by_measurement(
         model_dir, "onnxruntime", INPUTS, OUTPUTS, test_inputs, versions=VERSIONS,
-        batches=QUICK_BATCHES if quick else BATCHES, min_seconds=0.05 if quick else 0.3)
+        batches=QUICK_BATCHES if quick else TAGGER_BATCHES, min_seconds=0.05 if quick else 0.3)
     from offload_server.backends import load_in_process
 
     runners = {str(v): load_in_process(model_dir, v) for v in VERSIONS}
@@ -115,6 +120,7 @@ def build(repository: Path, *, quick: bool = False, workers: int | None = None,
         record["artifact_bytes"] = (model_dir / version / "model.onnx").stat().st_size
         record["cost"] = [c.as_dict() for c in one_thread_cost(
             model_dir, version, sample_rows, (1, max_batch), 0.2 if quick else 2.0)]
+    del runners  # their sessions' memory (onnxruntime keeps its arenas while loaded)
     if model2 is not None:  # the export against torch, on every test jet
         records["2"]["export_check"] = version2.compare_with_torch(model2, test_inputs,
                                                                    scores["2"])

@@ -324,7 +324,7 @@ def compare_with_torch(model: ParticleNet, arrays: dict[str, np.ndarray],
                        served: np.ndarray) -> dict:
     """The exported model's scores (`served`, from the server's ONNX runner) against the
     torch model's on the same jets."""
-    reference = predict(model, arrays)
+    reference = predict(model, arrays, batch=256)
     difference = np.abs(reference - served)
     return {"jets": len(served), "max_abs": float(difference.max(initial=0.0)),
             "mean_abs": float(difference.mean()) if len(served) else 0.0,
