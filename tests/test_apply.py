@@ -528,8 +528,8 @@ def test_single_threaded_event_loop_batches_across_events(jet_server, sample, re
                                    reference["top_probability"][rows], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(result["jet_energy_regression"]["pt_correction"][:, 0],
                                    reference["pt_correction"][rows], rtol=1e-5, atol=1e-6)
-    # 800 jets: a few hundred-jet batches, split into the tagger's 32-jet requests
-    assert sent[0] <= 800 / 32 + 8, sent
+    # 800 jets: a few hundred-jet batches, split into the tagger's max_batch_size requests
+    assert sent[0] <= 800 / models[0].max_batch_size + 8, sent
     assert sent[1] <= 8, sent
 
 

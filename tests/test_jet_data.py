@@ -337,3 +337,72 @@ def test_phi_wrapping() -> None:
     assert np.all((reco.phi > -np.pi) & (reco.phi <= np.pi))
     assert (reco.phi < 0).any()
     assert (reco.phi > 0).any()
+
+
+# --- generator-level constituents and the cache -----------------------------------------
+
+def test_truth_constituents_leave_the_rest_unchanged() -> None:
+    kwargs = {"seed": 21, "workers": 1, "events_per_chunk": 40, "progress": False}
+    plain = dataset.generate("ttbar", 40, **kwargs)
+    truth = dataset.generate("ttbar", 40, truth=True, **kwargs)
+    assert set(truth) == set(plain) | {"gen_constituents", "n_gen_constituents"}
+    for key in plain:  # no random number is drawn for them
+        np.testing.assert_array_equal(plain[key], truth[key], err_msg=key)
+    gen, n = truth["gen_constituents"], truth["n_gen_constituents"].astype(int)
+    assert gen.shape == (40, 128, 6)
+    assert gen.dtype == np.float32
+    real = gen[..., 0] > 0
+    assert np.array_equal(real.sum(axis=1), np.minimum(n, 128))
+    assert np.all(gen[~real] == 0)
+    assert np.all(np.diff(gen[..., 0], axis=1) <= 0)  # pt descending
+    # Stable visible particles: more of them than reconstructed objects, every type present,
+    # the charge of a charged one kept (the detector only keeps tracked charges).
+    assert n.mean() > truth["n_constituents"].mean()
+    ptype, charge = gen[..., 5][real].astype(int), gen[..., 4][real]
+    assert set(np.unique(ptype)) >= {detector.CHARGED_HADRON, detector.PHOTON,
+                                     detector.NEUTRAL_HADRON}
+    assert np.all((charge != 0) == (ptype <= detector.MUON))
+    # They add up to the matched generator-level jet.
+    complete = n <= 128
+    c = gen[complete].astype(np.float64)
+    pt, eta, phi, energy = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
+    p4 = np.stack([(pt * np.cos(phi)).sum(1), (pt * np.sin(phi)).sum(1),
+                   (pt * np.sinh(eta)).sum(1), energy.sum(1)], axis=1)
+    summed = kinematics(p4)
+    np.testing.assert_allclose(summed[:, 0], truth["gen_jet"][complete, 0], rtol=1e-4)
+    np.testing.assert_allclose(summed[:, 3], truth["gen_jet"][complete, 3], rtol=1e-3,
+                               atol=0.05)
+
+
+def test_generator_ptypes() -> None:
+    pid = np.array([211, -211, 11, -13, 22, 130, 2112, 321, 11])
+    charge = np.array([1, -1, -1, 1, 0, 0, 0, 1, 0])  # the last: an impossible neutral e
+    assert dataset.generator_ptypes(pid, charge).tolist() == [
+        detector.CHARGED_HADRON, detector.CHARGED_HADRON, detector.ELECTRON, detector.MUON,
+        detector.PHOTON, detector.NEUTRAL_HADRON, detector.NEUTRAL_HADRON,
+        detector.CHARGED_HADRON, detector.NEUTRAL_HADRON]
+
+
+def test_a_smaller_sample_is_the_start_of_a_cached_larger_one(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("OFFLOAD_DATA", str(tmp_path))
+    monkeypatch.setattr(dataset, "EVENTS_PER_CHUNK", 20)
+    large = dataset.load_or_generate("qcd", 30, seed=6, workers=1, truth=True)
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("generated although a larger sample is cached")
+
+    monkeypatch.setattr(dataset, "generate", refuse)
+    small = dataset.load_or_generate("qcd", 12, seed=6)  # without truth: its first rows
+    assert set(small) == set(dataset.FIELDS)
+    for key in small:
+        np.testing.assert_array_equal(small[key], large[key][:12], err_msg=key)
+    assert not dataset.cache_path("qcd", 12, seed=6).exists()  # nothing written
+    with pytest.raises(AssertionError, match="generated although"):
+        dataset.load_or_generate("qcd", 12, seed=7)  # another seed is another sample
+    # and the first rows are what generating the small sample gives
+    monkeypatch.undo()
+    monkeypatch.setenv("OFFLOAD_DATA", str(tmp_path / "fresh"))
+    monkeypatch.setattr(dataset, "EVENTS_PER_CHUNK", 20)
+    fresh = dataset.load_or_generate("qcd", 12, seed=6, workers=1)
+    for key in fresh:
+        np.testing.assert_array_equal(fresh[key], small[key], err_msg=key)

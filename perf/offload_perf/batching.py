@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import offload
-from offload_perf.options import models_of, repository_parser
+from offload_perf.options import models_of, repository_parser, server_totals
 from offload_perf.sweep import generated_inputs, measure
 
 
@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in (name, f"{name}_nobatch"):
                     model = client.model(variant)
                     inputs = generated_inputs(model, 1)
-                    before = model.server_stats()[0]
+                    before = server_totals(model)
                     point = measure(model, inputs, 1, args.clients, window=args.window,
                                     stability=args.stability, max_trials=args.max_trials)
-                    after = model.server_stats()[0]
+                    after = server_totals(model)
                     executions = after.executions - before.executions
                     key = "batched" if variant == name else "unbatched"
                     row[key] = {"throughput": point.throughput, "p50_us": point.p50_us,

@@ -225,18 +225,24 @@ def onnx_baseline(run: Run, gpu: bool) -> dict | None:
         run.note(f"onnxruntime GPU baseline skipped: providers {providers} (a CUDA build, "
                  "onnxruntime-gpu, is needed)")
         return None
-    artifact = run.repository / "jet_tagger" / "1" / "model.onnx"
     rng = np.random.default_rng(0)
     rows = []
-    for provider in ("CPUExecutionProvider", "CUDAExecutionProvider"):
-        session = ort.InferenceSession(str(artifact), providers=[provider])
-        for batch in [1, 64] if run.quick else [1, 64, 256, 1024]:
-            feed = {"points": rng.normal(size=(batch, 128, 2)).astype(np.float32),
-                    "features": rng.normal(size=(batch, 128, 13)).astype(np.float32),
-                    "mask": np.ones((batch, 128, 1), np.float32)}
-            best = _time(lambda s=session, f=feed: s.run(None, f), 0.05 if run.quick else 0.3)
-            rows.append({"provider": provider, "batch": batch, "ms_per_batch": best * 1e3,
-                         "rows_per_s": batch / best})
+    folder = run.repository / "jet_tagger"
+    versions = sorted((p.name for p in folder.iterdir()
+                       if p.is_dir() and p.name.isdigit() and (p / "model.onnx").is_file()),
+                      key=int)
+    for version in versions:  # every exported version (1: compact; 2: ParticleNet)
+        for provider in ("CPUExecutionProvider", "CUDAExecutionProvider"):
+            session = ort.InferenceSession(str(folder / version / "model.onnx"),
+                                           providers=[provider])
+            for batch in [1, 64] if run.quick else [1, 64, 256, 1024]:
+                feed = {"points": rng.normal(size=(batch, 128, 2)).astype(np.float32),
+                        "features": rng.normal(size=(batch, 128, 13)).astype(np.float32),
+                        "mask": np.ones((batch, 128, 1), np.float32)}
+                best = _time(lambda s=session, f=feed: s.run(None, f),
+                             0.05 if run.quick else 0.3)
+                rows.append({"version": version, "provider": provider, "batch": batch,
+                             "ms_per_batch": best * 1e3, "rows_per_s": batch / best})
     return {"model": "jet_tagger", "onnxruntime": ort.__version__, "timings": rows}
 
 

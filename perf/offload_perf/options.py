@@ -141,3 +141,27 @@ def machine() -> dict[str, str]:
             **{name: installed(name) for name in ("numpy", "onnxruntime", "tensorflow", "torch",
                                                   "scikit-learn", "grpcio", "nvidia-pytriton",
                                                   "locust")}}
+
+
+def server_totals(model):  # -> offload.stats.ServerStats | None
+    """Triton's statistics of `model` (an `offload.Model`) as one row. A handle that pins a
+    version gets that version's row; one that names none gets a row per loaded version (its
+    requests all go to the highest), which this sums: counts added, times per request
+    weighted by requests. None if the server has no statistics for it."""
+    from offload.stats import ServerStats
+
+    rows = model.server_stats()
+    if not rows:
+        return None
+    if len(rows) == 1:
+        return rows[0]
+    requests = sum(r.requests for r in rows)
+
+    def mean(field: str) -> float:
+        total = sum(getattr(r, field) * r.requests for r in rows)
+        return total / requests if requests else 0.0
+
+    return ServerStats(rows[0].model, ",".join(r.version for r in rows), requests,
+                       sum(r.executions for r in rows), sum(r.inferences for r in rows),
+                       mean("queue_us"), mean("compute_input_us"), mean("compute_infer_us"),
+                       mean("compute_output_us"), sum(r.failures for r in rows))

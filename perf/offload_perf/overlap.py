@@ -139,10 +139,11 @@ def _copy_model(source: Path, target: Path) -> None:
 
 def _counters(model: offload.Model) -> tuple[float, float, int, int]:
     """Cumulative (queue µs, compute µs, executions, requests) of the model on the server."""
-    rows = model.server_stats()
-    if not rows:
+    from offload_perf.options import server_totals
+
+    row = server_totals(model)
+    if row is None:
         return 0.0, 0.0, 0, 0
-    row = rows[0]
     compute = row.compute_input_us + row.compute_infer_us + row.compute_output_us
     return row.queue_us * row.requests, compute * row.requests, row.executions, row.requests
 

@@ -162,10 +162,11 @@ def _window(model: offload.Model, inputs: dict[str, np.ndarray], concurrency: in
 
 
 def _server(model: offload.Model) -> tuple:
-    rows = model.server_stats()
-    if not rows:
+    from offload_perf.options import server_totals
+
+    row = server_totals(model)
+    if row is None:
         return (0, 0.0, 0.0, 0.0, 0.0, 0)
-    row = rows[0]
     n = row.requests
     return (n, row.queue_us * n, row.compute_input_us * n, row.compute_infer_us * n,
             row.compute_output_us * n, row.executions)

@@ -208,3 +208,43 @@ def shapes_compatible(declared: tuple[int, ...], found: tuple[int, ...]) -> bool
     return len(declared) == len(found) and all(
         a == b or a < 0 or b < 0 for a, b in zip(declared, found, strict=True)
     )
+
+
+def version_folders(model_dir: Path) -> list[int]:
+    """The version folders of a model as Triton counts them (integral names without a
+    leading zero), ascending."""
+    return sorted(int(p.name) for p in Path(model_dir).iterdir()
+                  if p.is_dir() and p.name.isdigit() and (p.name == "0" or p.name[0] != "0"))
+
+
+def served_versions(model_dir: Path, variant: str | None = None) -> list[int]:
+    """The versions Triton loads from a model folder under its config's `version_policy`,
+    ascending (:func:`policy_versions`)."""
+    return policy_versions(read_config(model_dir, variant), version_folders(model_dir))
+
+
+def policy_versions(config, existing: list[int]) -> list[int]:
+    """The versions a `model_config_pb2.ModelConfig`'s `version_policy` loads out of the
+    version folders `existing`, as triton-inference-server/core's VersionsToLoad (r24.10):
+    `latest { num_versions: N }` the N highest (the default, N = 1), `all` every one,
+    `specific` the listed ones that have a folder. Ascending."""
+    existing = sorted(existing)
+    policy = config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "specific":
+        return sorted(set(policy.specific.versions) & set(existing))
+    if kind == "all":
+        return existing
+    count = policy.latest.num_versions if kind == "latest" else 1
+    return existing[::-1][:count][::-1]
+
+
+def default_version(model_dir: Path, variant: str | None = None) -> str:
+    """The version a request that names none gets: Triton serves the highest-numbered
+    version in READY state (core's ModelLifeCycle::GetModel with version -1), i.e. the
+    highest one its policy loads, while that one is ready."""
+    versions = served_versions(model_dir, variant)
+    if not versions:
+        raise ModelRepositoryError(f"model '{Path(model_dir).name}': no version folder is "
+                                   "served under its version_policy")
+    return str(versions[-1])

@@ -26,6 +26,7 @@ from offload_server.model_spec import (
     DEFAULT_ARTIFACT,
     VARIANTS_FOLDER,
     config_variants,
+    policy_versions,
     read_config,
     spec_from_proto,
 )
@@ -44,6 +45,7 @@ class ModelReport:
     name: str
     backend: str = "?"
     versions: list[str] = field(default_factory=list)
+    served: list[str] = field(default_factory=list)  # under config.pbtxt's version_policy
     variants: list[str] = field(default_factory=list)  # configs/<name>.pbtxt
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -98,6 +100,9 @@ def check_model(model_dir: Path, *, load_artifacts: bool = True) -> ModelReport:
     if not report.versions:
         report.errors.append(f"{where}: no version folder; put the artifact in "
                              f"{model_dir.name}/1/{DEFAULT_ARTIFACT.get(backend, '...')}")
+    else:
+        report.served = [str(v) for v in _served(config, report.versions)]
+        _check_version_policy(report, where, "config.pbtxt", config)
     _check_config(report, model_dir, config, None, None, load_artifacts)
     for variant in report.variants:
         try:
@@ -128,7 +133,7 @@ def _check_config(report: ModelReport, model_dir: Path, config: model_config_pb2
                       f"{', '.join(KNOWN_BACKENDS)}")
     errors += _structure_problems(where, config)
     if default is not None:
-        errors += _variant_problems(where, config, default)
+        errors += _variant_problems(where, config, default, report.versions)
     parameters = {key: value.string_value for key, value in config.parameters.items()}
     parameter_errors, parameter_warnings = backend_parameters.problems(backend, parameters)
     errors += [f"{where}: {problem}" for problem in parameter_errors]
@@ -158,11 +163,47 @@ def _check_config(report: ModelReport, model_dir: Path, config: model_config_pb2
             report.errors.append(f"{error} (version {version}{label})")
 
 
+def _served(config: model_config_pb2.ModelConfig, folders: list[str]) -> list[int]:
+    return policy_versions(config, [int(v) for v in folders])
+
+
+def _check_version_policy(report: ModelReport, where: str, file: str,
+                          config: model_config_pb2.ModelConfig) -> None:
+    policy = config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "specific":
+        missing = sorted(set(policy.specific.versions) - {int(v) for v in report.versions})
+        if missing:
+            report.errors.append(
+                f"{where}: {file}'s version_policy lists version(s) "
+                f"{', '.join(map(str, missing))} with no folder (Triton logs an error and "
+                f"serves only {', '.join(report.served) or 'nothing'})")
+    if kind == "latest" and policy.latest.num_versions < 1:
+        report.errors.append(f"{where}: {file}'s version_policy latest {{ num_versions: "
+                             f"{policy.latest.num_versions} }} serves nothing; use 1 or more")
+    unserved = [v for v in report.versions if v not in report.served]
+    if unserved and report.served:
+        report.warnings.append(
+            f"{where}: version folder(s) {', '.join(unserved)} are not served under "
+            f"{file}'s version_policy (it serves {', '.join(report.served)}); Triton ignores "
+            "them")
+
+
 def _variant_problems(where: str, config: model_config_pb2.ModelConfig,
-                      default: model_config_pb2.ModelConfig) -> list[str]:
+                      default: model_config_pb2.ModelConfig,
+                      folders: list[str] | None = None) -> list[str]:
     """A variant serves the same artifact to the same clients: backend, inputs and outputs
-    as in config.pbtxt (batch size, instances, batching and parameters may differ)."""
+    as in config.pbtxt, and the same versions (batch size, instances, batching and
+    parameters may differ)."""
     problems = []
+    if folders and _served(config, folders) != _served(default, folders):
+        theirs = ", ".join(map(str, _served(config, folders))) or "none"
+        default_versions = ", ".join(map(str, _served(default, folders))) or "none"
+        problems.append(f"{where}: serves version(s) {theirs}, config.pbtxt "
+                        f"{default_versions}: a client "
+                        "that pins a version (or names none and gets the highest) must find "
+                        "the same versions on every target; copy config.pbtxt's "
+                        "version_policy")
     if (config.backend, config.platform) != (default.backend, default.platform):
         problems.append(f"{where}: backend \"{config.backend or config.platform}\" differs from "
                         f"config.pbtxt's \"{default.backend or default.platform}\"; a variant "
@@ -276,6 +317,8 @@ def print_report(report: RepositoryReport) -> None:
         print(f"ERROR {error}")
     for model in report.models:
         versions = ",".join(model.versions) or "-"
+        if len(model.served) > 1:
+            versions += f" (default {model.served[-1]})"
         status = "ok" if model.ok else f"{len(model.errors)} error(s)"
         variants = f", variants {','.join(model.variants)}" if model.variants else ""
         print(f"{model.name} ({model.backend}, versions {versions}{variants}): {status}")

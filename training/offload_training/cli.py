@@ -34,10 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="data-generation processes (default: one per core)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--version", type=int, action="append", dest="versions",
+                        metavar="N", help="with --model jet_tagger: build only this version "
+                                          "(repeatable; default: all); the others are kept "
+                                          "as exported")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="with --model jet_tagger: also train version 2's network on "
+                             "generator-level constituents (a study for the model card)")
 
 
 def run(args: argparse.Namespace) -> int:
     default = Path("build") / "models-quick" if args.quick else model_repository()
+    if (args.versions or args.ceiling) and args.model != ["jet_tagger"]:
+        raise SystemExit("offload train: --version and --ceiling apply to one model: add "
+                         "--model jet_tagger")
     repository = (args.repository or default).resolve()
     repository.mkdir(parents=True, exist_ok=True)
     summary = {}
@@ -45,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         print(f"== {name} -> {repository / name}", flush=True)
         build = importlib.import_module(PIPELINES[name]).build
-        metrics = build(repository, quick=args.quick, workers=args.workers, seed=args.seed)
-        summary[name] = {"seconds": round(time.perf_counter() - started, 1),
-                         "test": metrics.get("test")}
+        options = {"versions": args.versions} if args.versions else {}
+        if args.ceiling:
+            options["ceiling"] = True
+        build(repository, quick=args.quick, workers=args.workers, seed=args.seed, **options)
+        summary[name] = {"seconds": round(time.perf_counter() - started, 1)}
         print(f"== {name} done in {summary[name]['seconds']} s", flush=True)
     print(json.dumps({n: s["seconds"] for n, s in summary.items()}, indent=2))
     return 0

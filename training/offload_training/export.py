@@ -24,9 +24,15 @@ def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[
                  outputs: Sequence[Tensor], *, max_queue_delay_us: int = 500,
                  max_queue_size: int | None = None, queue_timeout_us: int = 10_000_000,
                  instance_count: int = 2,
-                 parameters: dict[str, str] | None = None) -> str:
+                 parameters: dict[str, str] | None = None,
+                 versions: Sequence[int] | None = None) -> str:
     """A complete config (loads with auto-complete off). No instance_group kind: KIND_AUTO
     puts the model on a GPU in the NGC image and on the CPU in the embedded server.
+
+    `versions`: serve exactly these version folders (`version_policy: { specific { ... } }`,
+    explicit, so that a stray version folder is not served by accident); a request that
+    names no version gets the highest of them. None: Triton's default policy, the highest
+    version folder only.
 
     No queue policy by default: with one, Triton 2.51's dynamic batcher cannot prefetch and
     waits for an idle instance, and the only wake-up it gets comes just before the instance
@@ -38,19 +44,22 @@ def config_pbtxt(name: str, backend: str, max_batch_size: int, inputs: Sequence[
     return model_config.text(model_config_message(
         name, backend, max_batch_size, inputs, outputs, max_queue_delay_us=max_queue_delay_us,
         max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us,
-        instance_count=instance_count, parameters=parameters))
+        instance_count=instance_count, parameters=parameters, versions=versions))
 
 
 def model_config_message(name: str, backend: str, max_batch_size: int,
                          inputs: Sequence[Tensor], outputs: Sequence[Tensor], *,
                          max_queue_delay_us: int = 500, max_queue_size: int | None = None,
                          queue_timeout_us: int = 10_000_000, instance_count: int = 2,
-                         parameters: dict[str, str] | None = None):
+                         parameters: dict[str, str] | None = None,
+                         versions: Sequence[int] | None = None):
     """The `model_config_pb2.ModelConfig` that `config_pbtxt` writes."""
     from tritonclient.grpc import model_config_pb2
 
     config = model_config_pb2.ModelConfig(name=name, backend=backend,
                                           max_batch_size=max_batch_size)
+    if versions:
+        config.version_policy.specific.versions.extend(sorted(versions))
     for t in inputs:
         config.input.add(**model_config.tensor(t.name, t.data_type, t.dims))
     for t in outputs:
@@ -120,22 +129,78 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 def configure_by_measurement(model_dir: Path, backend: str, inputs: Sequence[Tensor],
-                             outputs: Sequence[Tensor], sample: dict[str, np.ndarray]):
+                             outputs: Sequence[Tensor], sample: dict[str, np.ndarray], *,
+                             versions: Sequence[int] | None = None,
+                             batches: Sequence[int] = BATCHES, min_seconds: float = 0.3):
     """Write config.pbtxt with `max_batch_size` chosen by timing the exported artifact
-    in-process with the backend's own runner (rows of `sample`, repeated up to 4096), then
-    load it again as the server will, which refuses a config that disagrees with the
-    artifact. Returns (runner, timings, max_batch_size)."""
+    in-process with the backend's own runner (rows of `sample`, repeated up to the largest
+    of `batches`), then load it again as the server will, which refuses a config that
+    disagrees with the artifact. With several `versions` (all served, see
+    :func:`config_pbtxt`) the highest is timed: a request naming no version gets it.
+    Returns (runner, timings, max_batch_size)."""
     from offload_server.backends import load_in_process
 
     name = model_dir.name
     config = model_dir / "config.pbtxt"
-    config.write_text(config_pbtxt(name, backend, BATCHES[-1], inputs, outputs))
+    config.write_text(config_pbtxt(name, backend, max(batches), inputs, outputs,
+                                   versions=versions))
     runner = load_in_process(model_dir)
-    pool = {k: np.resize(v, (BATCHES[-1], *v.shape[1:])) for k, v in sample.items()}
-    timings = time_batches(lambda b: runner.run({k: v[:b] for k, v in pool.items()}), BATCHES)
+    pool = {k: np.resize(v, (max(batches), *v.shape[1:])) for k, v in sample.items()}
+    timings = time_batches(lambda b: runner.run({k: v[:b] for k, v in pool.items()}), batches,
+                           min_seconds)
     max_batch = choose_max_batch_size(timings)
-    config.write_text(config_pbtxt(name, backend, max_batch, inputs, outputs))
+    config.write_text(config_pbtxt(name, backend, max_batch, inputs, outputs,
+                                   versions=versions))
     return load_in_process(model_dir), timings, max_batch
+
+
+@dataclass(frozen=True)
+class JetCost:
+    """In-process cost of one model version at one batch size, on one thread."""
+
+    batch: int
+    wall_us_per_item: float  # best of the repeats
+    cpu_us_per_item: float  # the thread's CPU time, median of the repeats
+
+    def as_dict(self) -> dict:
+        return {"batch": self.batch, "wall_us_per_item": self.wall_us_per_item,
+                "cpu_us_per_item": self.cpu_us_per_item}
+
+
+def one_thread_cost(model_dir: Path, version: str | int, sample: dict[str, np.ndarray],
+                    batches: Sequence[int], min_seconds: float = 1.0) -> list[JetCost]:
+    """What a grid job pays per item to run a repository model itself: the artifact loaded
+    by the server's own runner with one intra-op and one inter-op thread (the parameter
+    names of the native backends; a grid slot is one core), timed per batch size on rows
+    of `sample`. The CPU time is this thread's (the runners compute on the calling thread
+    with one intra-op thread), which a busy machine stretches less than the wall time."""
+    from dataclasses import replace
+
+    from offload_server.backends.triton_model import load_checked
+    from offload_server.model_spec import spec_from_folder
+
+    one = {"intra_op_thread_count": "1", "inter_op_thread_count": "1",
+           "TF_NUM_INTRA_THREADS": "1", "TF_NUM_INTER_THREADS": "1",
+           "INTRA_OP_THREAD_COUNT": "1", "INTER_OP_THREAD_COUNT": "1"}
+    spec = spec_from_folder(model_dir)
+    runner = load_checked(model_dir, str(version), replace(spec,
+                                                           parameters={**spec.parameters,
+                                                                       **one}))
+    pool = {k: np.resize(v, (max(batches), *v.shape[1:])) for k, v in sample.items()}
+    costs = []
+    for batch in batches:
+        chunk = {k: v[:batch] for k, v in pool.items()}
+        runner.run(chunk)
+        walls, cpus, spent = [], [], 0.0
+        while spent < min_seconds or len(walls) < 5:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            runner.run(chunk)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.thread_time() - cpu)
+            spent += walls[-1]
+        costs.append(JetCost(batch, min(walls) / batch * 1e6,
+                             float(np.median(cpus)) / batch * 1e6))
+    return costs
 
 
 def timing_table(timings: Sequence[BatchTiming]) -> str:

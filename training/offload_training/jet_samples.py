@@ -25,13 +25,20 @@ class JetSample:
     gen_jet: np.ndarray  # [n, 4]
     is_top: np.ndarray  # [n] int8
     split: np.ndarray  # [n] "train" / "validation" / "test"
+    #: [n, 128, 6] the matched generator-level jet's constituents, where generated
+    gen_constituents: np.ndarray | None = None
+    event: np.ndarray | None = None  # [n] event numbers, distinct across samples
 
     def __len__(self) -> int:
         return len(self.is_top)
 
     def select(self, keep: np.ndarray) -> JetSample:
+        def pick(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array[keep]
+
         return JetSample(self.constituents[keep], self.reco_jet[keep], self.gen_jet[keep],
-                         self.is_top[keep], self.split[keep])
+                         self.is_top[keep], self.split[keep], pick(self.gen_constituents),
+                         pick(self.event))
 
     def part(self, name: str) -> JetSample:
         return self.select(self.split == name)
@@ -60,13 +67,14 @@ def load(*, quick: bool = False, workers: int | None = None) -> JetSample:
         reco_jet=np.concatenate([a["reco_jet"] for a, _ in parts]),
         gen_jet=np.concatenate([a["gen_jet"] for a, _ in parts]),
         is_top=np.concatenate([a["is_top"] for a, _ in parts]).astype(np.int8),
-        split=split,
+        split=split, event=event,
     )
 
 
-def tagging_window(jets: JetSample) -> np.ndarray:
+def tagging_window(jets: JetSample | dict[str, np.ndarray]) -> np.ndarray:
     """The top-tagging selection: reconstructed jet pt in [500, 650] GeV, |eta| < 2."""
-    pt, eta = jets.reco_jet[:, 0], jets.reco_jet[:, 1]
+    reco_jet = jets["reco_jet"] if isinstance(jets, dict) else jets.reco_jet
+    pt, eta = reco_jet[:, 0], reco_jet[:, 1]
     return (pt >= 500) & (pt <= 650) & (np.abs(eta) < 2)
 
 

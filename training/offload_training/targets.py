@@ -143,9 +143,11 @@ GPU: dict[str, Target] = {
         parameters={"intra_op_thread_count": "1"},
         reasons={
             **_common_reasons(1024, 128 * 16 * 4,
-                              "EdgeConv over 64 constituents with k = 12 keeps ~0.3 MB of "
-                              "activations per jet, ~0.3 GB at 1024 jets: any data-centre "
-                              "GPU holds it"),
+                              "version 2's two EdgeConv blocks over 64 constituents (k = 8, "
+                              "up to 64 channels per edge: 64 × 8 × 64 floats, 131 kB, per "
+                              "edge tensor) keep of the order of 1 MB of activations per jet, "
+                              "~1 GB at 1024 jets (version 1 less): any data-centre GPU "
+                              "holds it"),
             "intra_op_thread_count":
                 "ONNX Runtime's CPU threads for a GPU session only run ops without a CUDA "
                 "kernel and default to every core the container sees (the node's, not the "
@@ -235,6 +237,8 @@ def variant_config(model_dir: Path, target: Target):  # -> model_config_pb2.Mode
     policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
     policy.default_timeout_microseconds = target.queue_timeout_us
     policy.allow_timeout_override = True
+    if base.HasField("version_policy"):  # a variant serves the same versions: clients that
+        config.version_policy.CopyFrom(base.version_policy)  # pin one see one interface
     for key, value in target.parameters.items():
         config.parameters[key].string_value = value
     if target.warmup:

@@ -32,6 +32,12 @@ work and picking the event's jets, timed on the thread's CPU clock). The server'
 event is that of the embedded server's process group over the window (or of
 `--server-pgid`'s, for a server on this machine).
 
+**Versions.** `--models jet_tagger:1` pins a model's version (`NAME:VERSION`), in-process
+(that version folder) and offloaded (`client.model(name, version=...)`, Triton's statistics of
+that version). Without one, both modes use the version a request naming none gets: the
+highest the model's config serves (`offload_server.model_spec.default_version`; for a
+`--server` elsewhere, whatever that server's highest ready version is).
+
 All K workers start their timed window together and run for `--duration` seconds after a
 warm-up. Reported per mode and K: events/s in total and per worker, the wall time per event
 spent in reconstruction and in inference, and, offloaded, Triton's own statistics over the

@@ -10,3 +10,12 @@ SHOWER_MODEL = "calo_shower_generator"
 MODES = ("in_process", "offloaded", "offloaded_batched")
 DEFAULT_MODES = ("in_process", "offloaded")
 OFFLOADED = ("offloaded", "offloaded_batched")
+
+
+def split_versions(entries: list[str]) -> dict[str, str | None]:
+    """`["jet_tagger:1", "jet_energy_regression"]` -> {name: version or None}, in order."""
+    versions: dict[str, str | None] = {}
+    for entry in entries:
+        name, _, version = entry.partition(":")
+        versions[name] = version or None
+    return versions

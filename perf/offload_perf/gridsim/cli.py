@@ -20,6 +20,7 @@ from offload_perf.gridsim.choices import (
     MODELS,
     MODES,
     OFFLOADED,
+    split_versions,
 )
 from offload_perf.gridsim.errors import GridSimError
 from offload_perf.options import (
@@ -33,6 +34,21 @@ from offload_perf.options import (
 
 _MODELS_EXPLAINED = ("the grid-job simulator's events feed the jet models, whose inputs "
                      "offload.physics.jets computes, and the shower generator")
+
+
+def model_list(text: str) -> list[str]:
+    """A type: comma-separated `NAME` or `NAME:VERSION` entries, the names out of MODELS."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    names = choice_list(MODELS, "model", _MODELS_EXPLAINED)(
+        ",".join(e.partition(":")[0] for e in entries) or text)
+    versions = [e.partition(":")[2] for e in entries]
+    bad = [e for e, v in zip(entries, versions, strict=True)
+           if ":" in e and not v.strip().isdigit()]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"bad model version(s) {bad}: NAME:VERSION takes a number, as in jet_tagger:1")
+    return [f"{n}:{v.strip()}" if v.strip() else n
+            for n, v in zip(names, versions, strict=True)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,10 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of `offload serve`'s tritonserver), to report its CPU per event")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"),
                         help="the models (in-process, embedded server) and the event sample")
-    parser.add_argument("--models", type=choice_list(MODELS, "model", _MODELS_EXPLAINED),
-                        default=",".join(DEFAULT_MODELS),
+    parser.add_argument("--models", type=model_list, default=",".join(DEFAULT_MODELS),
                         help=f"the per-event models, a subset of {', '.join(MODELS)} "
-                             "(calo_shower_generator: a fast-simulation job)")
+                             "(calo_shower_generator: a fast-simulation job); NAME:VERSION "
+                             "pins a version (e.g. jet_tagger:1), else the highest served")
     parser.add_argument("--cpu-ms", type=non_negative_float, default=2.0,
                         help="CPU time of busy work per event, besides preprocessing (ms)")
     parser.add_argument("--jets-per-event", type=positive_int, default=2)
@@ -82,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from offload_perf.gridsim.results import ratios, saturation
     from offload_perf.gridsim.workers import Workers
     from offload_perf.options import RESULTS, machine
+    from offload_server.model_spec import default_version
 
-    ks, modes, models = args.workers, args.modes, args.models
+    versions = split_versions(args.models)
+    ks, modes, models = args.workers, args.modes, list(versions)
     output = args.output or RESULTS
     repository = args.repository.resolve()
     for name in models:
@@ -91,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
             raise offload.ModelNotFoundError(
                 f"model '{name}' is not in the repository {repository} (no "
                 f"{name}/config.pbtxt)", model=name)
+        if versions[name] is not None and not (repository / name / versions[name]).is_dir():
+            raise offload.ModelNotFoundError(
+                f"model '{name}' has no version {versions[name]} in {repository}", model=name)
+    resolved = {name: versions[name] or default_version(repository / name) for name in models}
     address = args.server or os.environ.get(SERVERS_VARIABLE)
     record = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -99,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         "jets_per_event": args.jets_per_event, "showers_per_event": args.showers_per_event,
         "block": args.block, "lag": args.lag, "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "versions": {name: {"requested": versions[name], "in_process": resolved[name]}
+                     for name in models},
         "repository": str(args.repository),
         "in_process_threads": "1 intra-op, 1 inter-op per model and worker"},
         "server": None, "rows": [], "complete": False, "error": None}
@@ -122,12 +146,13 @@ def run(args: argparse.Namespace) -> int:
             client = stack.enter_context(offload.Client(address, timeout=args.timeout,
                                                         retries=1))
             try:
-                served = {name: client.model(name) for name in models}
+                served = {name: client.model(name, version=versions[name]) for name in models}
             except offload.ModelNotFoundError:
                 raise
             except offload.OffloadError as error:
                 raise GridSimError(f"cannot reach the server at {address}: {error}") from error
         settings = {"repository": str(repository), "server": address, "models": models,
+                    "versions": versions,
                     "cpu_ms": args.cpu_ms, "jets_per_event": args.jets_per_event,
                     "showers_per_event": args.showers_per_event, "block": args.block,
                     "lag": args.lag,

@@ -55,10 +55,12 @@ class EventLoop:
 
     def prepare(self, mode: str) -> None:
         if mode == "in_process" and self.runners is None:
-            self.runners = runners.in_process(Path(self.settings["repository"]), self.models)
+            self.runners = runners.in_process(Path(self.settings["repository"]), self.models,
+                                              self.settings.get("versions"))
         if mode in OFFLOADED and self.client is None:
             self.client, self.remote = runners.offloaded(
-                self.settings["server"], self.models, self.settings["timeout"])
+                self.settings["server"], self.models, self.settings["timeout"],
+                self.settings.get("versions"))
         self._loop(mode, time.monotonic() + self.settings["warmup"])
 
     def run(self, mode: str, start_at: float, duration: float) -> dict:

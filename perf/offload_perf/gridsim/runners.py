@@ -22,26 +22,32 @@ ONE_THREAD = {"intra_op_thread_count": "1", "inter_op_thread_count": "1",
 BATCH_ROWS = 256
 
 
-def in_process(repository: Path, models: list[str]) -> dict[str, Any]:
+def in_process(repository: Path, models: list[str],
+               versions: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Each model's runner, loaded in this process as `load_in_process` does (`load_checked`
-    + the model's config), with one thread (ONE_THREAD)."""
+    + the model's config), with one thread (ONE_THREAD): the version `versions` names, else
+    the one a request naming none gets (the highest the config serves)."""
     from offload_server.backends.triton_model import load_checked
-    from offload_server.model_spec import spec_from_folder
+    from offload_server.model_spec import default_version, spec_from_folder
 
     runners = {}
     for name in models:
         folder = repository / name
         spec = spec_from_folder(folder)
         spec = replace(spec, parameters={**spec.parameters, **ONE_THREAD})
-        runners[name] = load_checked(folder, "1", spec)
+        version = (versions or {}).get(name) or default_version(folder)
+        runners[name] = load_checked(folder, version, spec)
     return runners
 
 
-def offloaded(address: str, models: list[str], timeout: float
+def offloaded(address: str, models: list[str], timeout: float,
+              versions: dict[str, str | None] | None = None,
               ) -> tuple[offload.Client, dict[str, offload.Model]]:
-    """A client of the server at `address` and its handle of each model."""
+    """A client of the server at `address` and its handle of each model (pinned to the
+    version `versions` names, if any)."""
     client = offload.Client(address, timeout=timeout, retries=2)
-    return client, {name: client.model(name) for name in models}
+    return client, {name: client.model(name, version=(versions or {}).get(name))
+                    for name in models}
 
 
 def batchers(remote: dict[str, offload.Model], models: list[str]) -> dict[str, Any]:

@@ -26,14 +26,16 @@ def process_group_cpu(pgid: int) -> float | None:
 
 
 def server_counters(models: dict[str, offload.Model]) -> dict[str, tuple]:
-    """Cumulative (requests, executions, inferences, queue µs, compute infer µs) per model."""
+    """Cumulative (requests, executions, inferences, queue µs, compute infer µs) per model:
+    every loaded version's, for a model named without one (its requests go to the highest)."""
+    from offload_perf.options import server_totals
+
     counters = {}
     for name, model in models.items():
-        rows = model.server_stats()
-        if not rows:
+        row = server_totals(model)
+        if row is None:
             counters[name] = (0, 0, 0, 0.0, 0.0)
             continue
-        row = rows[0]
         n = row.requests
         counters[name] = (n, row.executions, row.inferences, row.queue_us * n,
                           (row.compute_input_us + row.compute_infer_us

@@ -22,10 +22,13 @@ LOADERS = {
 }
 
 
-def load_in_process(model_dir: Path, version: str = "1") -> Runner:
+def load_in_process(model_dir: Path, version: str | int | None = None) -> Runner:
     """A repository model, loaded in this process by the same code the server runs, and
-    checked against its config: for in-process baselines and local fallbacks."""
+    checked against its config: for in-process baselines and local fallbacks. `version`
+    None: the one a request naming no version gets from Triton (the highest served)."""
     from offload_server.backends.triton_model import load_checked
-    from offload_server.model_spec import spec_from_folder
+    from offload_server.model_spec import default_version, spec_from_folder
 
-    return load_checked(model_dir, version, spec_from_folder(Path(model_dir)))
+    model_dir = Path(model_dir)
+    version = default_version(model_dir) if version is None else str(version)
+    return load_checked(model_dir, version, spec_from_folder(model_dir))

@@ -15,6 +15,13 @@ key                 dtype, shape            meaning
 ``event``           int64 [n]               event number within the sample (split by event)
 ==================  ======================  ==================================================
 
+With ``truth=True`` (:func:`generate`, :func:`load_or_generate`) two more keys hold the
+matched generator-level jet's own constituents, the stable visible particles FastJet put in
+it, in the same layout: ``gen_constituents`` float32 [n, 128, 6] (pt, eta, phi, energy,
+charge, ptype, with ptype from the PDG id: :func:`generator_ptypes`) and
+``n_gen_constituents`` int16 [n]. They cost no random numbers, so the other keys are the
+same with or without them; a model trained on them shows what the detector model costs.
+
 φ is in (−π, π]; ptype is 0 charged hadron, 1 electron, 2 muon, 3 photon, 4 neutral hadron
 (see :mod:`.detector`).
 
@@ -42,6 +49,7 @@ import numpy as np
 
 from . import detector, pythia
 from .clustering import cluster, delta_r, kinematics
+from .pythia import pseudorapidity
 
 VERSION = "v1"  # bump when anything changes what a given (sample, n_jets, seed) produces
 
@@ -67,9 +75,34 @@ FIELDS: dict[str, tuple[type, tuple[int, ...]]] = {
 }
 
 
-def empty(n_jets: int = 0) -> dict[str, np.ndarray]:
+#: The generator-level constituents of the matched gen jet (``truth=True``).
+TRUTH_FIELDS: dict[str, tuple[type, tuple[int, ...]]] = {
+    "gen_constituents": (np.float32, (MAX_CONSTITUENTS, N_FEATURES)),
+    "n_gen_constituents": (np.int16, ()),
+}
+
+
+def fields(truth: bool = False) -> dict[str, tuple[type, tuple[int, ...]]]:
+    """The keys of a data set (with the generator-level constituents if `truth`)."""
+    return {**FIELDS, **TRUTH_FIELDS} if truth else dict(FIELDS)
+
+
+def empty(n_jets: int = 0, truth: bool = False) -> dict[str, np.ndarray]:
     """A zero-filled data set of `n_jets` rows in the exact output format."""
-    return {key: np.zeros((n_jets, *shape), dtype=dtype) for key, (dtype, shape) in FIELDS.items()}
+    return {key: np.zeros((n_jets, *shape), dtype=dtype)
+            for key, (dtype, shape) in fields(truth).items()}
+
+
+def generator_ptypes(pid: np.ndarray, charge: np.ndarray) -> np.ndarray:
+    """Constituent type of generator-level particles, as an ideal particle flow would call
+    them: charged ones by their PDG id (electron, muon, else charged hadron), neutral ones
+    photon or neutral hadron."""
+    abs_id = np.abs(pid)
+    ptype = np.where(charge != 0, detector.CHARGED_HADRON, detector.NEUTRAL_HADRON)
+    ptype = np.where((charge != 0) & (abs_id == 11), detector.ELECTRON, ptype)
+    ptype = np.where((charge != 0) & (abs_id == 13), detector.MUON, ptype)
+    ptype = np.where((charge == 0) & (abs_id == 22), detector.PHOTON, ptype)
+    return ptype.astype(np.int8)
 
 
 def chunk_seeds(sample: str, seed: int, chunk: int) -> tuple[int, np.random.Generator]:
@@ -81,8 +114,8 @@ def chunk_seeds(sample: str, seed: int, chunk: int) -> tuple[int, np.random.Gene
     return pythia_seed, rng
 
 
-def run_chunk(sample: str, seed: int, chunk: int,
-              events_per_chunk: int = EVENTS_PER_CHUNK) -> tuple[dict[str, np.ndarray], int]:
+def run_chunk(sample: str, seed: int, chunk: int, events_per_chunk: int = EVENTS_PER_CHUNK,
+              truth: bool = False) -> tuple[dict[str, np.ndarray], int]:
     """Generate, simulate and select the jets of chunk `chunk`; also the number of events."""
     pythia_seed, rng = chunk_seeds(sample, seed, chunk)
     generator = pythia.make_pythia(sample, pythia_seed)
@@ -92,14 +125,14 @@ def run_chunk(sample: str, seed: int, chunk: int,
         n = min(EVENTS_PER_BATCH, events_per_chunk - requested)
         batch = pythia.generate_batch(generator, n)  # fewer if Pythia failed an event
         first_event = chunk * events_per_chunk + requested
-        parts.append(select_jets(batch, rng, sample, first_event))
+        parts.append(select_jets(batch, rng, sample, first_event, truth))
         requested += n
         generated += batch.n_events
-    return {key: np.concatenate([p[key] for p in parts]) for key in FIELDS}, generated
+    return {key: np.concatenate([p[key] for p in parts]) for key in fields(truth)}, generated
 
 
 def select_jets(batch: pythia.EventBatch, rng: np.random.Generator, sample: str,
-                first_event: int) -> dict[str, np.ndarray]:
+                first_event: int, truth: bool = False) -> dict[str, np.ndarray]:
     """Detector simulation, jets, matching and the output rows of one batch of events."""
     reco = detector.simulate(batch.visible, rng)
     reco_jets = cluster(reco.px, reco.py, reco.pz, reco.e, reco.offsets, RECO_JET_PT_MIN)
@@ -108,7 +141,7 @@ def select_jets(batch: pythia.EventBatch, rng: np.random.Generator, sample: str,
         kin = kinematics(jets.p4)
         candidates += [(k, j, kin[j]) for j in np.flatnonzero(np.abs(kin[:, 1]) < RECO_JET_ETA_MAX)]
     if not candidates:
-        return empty()
+        return empty(truth=truth)
 
     # Generator-level jets, only in the events that have a candidate.
     events = sorted({k for k, _, _ in candidates})
@@ -116,6 +149,7 @@ def select_jets(batch: pythia.EventBatch, rng: np.random.Generator, sample: str,
     subset = visible.take_events(np.array(events))
     gen_jets = dict(zip(events, cluster(subset.px, subset.py, subset.pz, subset.e,
                                         subset.offsets, GEN_JET_PT_MIN), strict=True))
+    gen_first = dict(zip(events, subset.offsets[:-1], strict=True))  # k -> its first particle
     tops = batch.tops
 
     rows = []
@@ -129,10 +163,15 @@ def select_jets(batch: pythia.EventBatch, rng: np.random.Generator, sample: str,
             continue
         if sample == "ttbar" and not _contains_top(kin, tops, k):
             continue
-        rows.append((k, j, kin, gen[best]))
+        rows.append((k, j, kin, gen[best], best))
 
-    out = empty(len(rows))
-    for r, (k, j, kin, gen) in enumerate(rows):
+    out = empty(len(rows), truth)
+    if truth:
+        gen_pt = np.hypot(subset.px, subset.py)
+        gen_columns = np.stack([gen_pt, pseudorapidity(subset.px, subset.py, subset.pz),
+                                np.arctan2(subset.py, subset.px), subset.e, subset.charge,
+                                generator_ptypes(subset.pid, subset.charge)], axis=1)
+    for r, (k, j, kin, gen, best) in enumerate(rows):
         index = reco.offsets[k] + reco_jets[k].constituents[j]
         order = np.argsort(-reco.pt[index], kind="stable")[:MAX_CONSTITUENTS]
         index = index[order]
@@ -143,6 +182,11 @@ def select_jets(batch: pythia.EventBatch, rng: np.random.Generator, sample: str,
         out["reco_jet"][r] = kin
         out["gen_jet"][r] = gen
         out["event"][r] = first_event + k
+        if truth:
+            index = gen_first[k] + gen_jets[k].constituents[best]
+            order = np.argsort(-gen_pt[index], kind="stable")[:MAX_CONSTITUENTS]
+            out["gen_constituents"][r, : len(order)] = gen_columns[index[order]]
+            out["n_gen_constituents"][r] = len(index)
     out["is_top"][:] = 1 if sample == "ttbar" else 0
     return out
 
@@ -158,9 +202,10 @@ def _contains_top(jet: np.ndarray, tops: pythia.TopQuarks, event: int) -> bool:
     return bool(near.any())
 
 
-def _run_chunk_task(args: tuple[str, int, int, int]) -> tuple[int, dict[str, np.ndarray], int]:
-    sample, seed, chunk, events_per_chunk = args
-    data, n_events = run_chunk(sample, seed, chunk, events_per_chunk)
+def _run_chunk_task(args: tuple[str, int, int, int, bool]
+                    ) -> tuple[int, dict[str, np.ndarray], int]:
+    sample, seed, chunk, events_per_chunk, truth = args
+    data, n_events = run_chunk(sample, seed, chunk, events_per_chunk, truth)
     return chunk, data, n_events
 
 
@@ -173,8 +218,9 @@ def default_workers() -> int:
 
 def generate(sample: str, n_jets: int, *, seed: int = 0, workers: int | None = None,
              events_per_chunk: int | None = None, progress: bool = True,
-             stats: dict | None = None) -> dict[str, np.ndarray]:
-    """Generate `n_jets` jets of `sample` (``"ttbar"`` or ``"qcd"``), see the module doc.
+             stats: dict | None = None, truth: bool = False) -> dict[str, np.ndarray]:
+    """Generate `n_jets` jets of `sample` (``"ttbar"`` or ``"qcd"``), see the module doc
+    (`truth`: with the generator-level constituents).
 
     `workers` processes (default: the CPUs this process may use; 0 or 1 = in this process)
     each run whole chunks. The result depends on (sample, n_jets, seed, events_per_chunk)
@@ -187,7 +233,7 @@ def generate(sample: str, n_jets: int, *, seed: int = 0, workers: int | None = N
         raise ValueError("n_jets must be ≥ 0 and events_per_chunk ≥ 1")
     workers = default_workers() if workers is None else workers
     start = time.perf_counter()
-    out = empty(n_jets)
+    out = empty(n_jets, truth)
     filled = 0
     n_events = 0
     n_chunks = 0
@@ -195,7 +241,7 @@ def generate(sample: str, n_jets: int, *, seed: int = 0, workers: int | None = N
     def take(data: dict[str, np.ndarray], events: int) -> None:
         nonlocal filled, n_events, n_chunks
         n = min(len(data["event"]), n_jets - filled)
-        for key in FIELDS:
+        for key in out:
             out[key][filled:filled + n] = data[key][:n]
         filled += n
         n_events += events
@@ -208,20 +254,21 @@ def generate(sample: str, n_jets: int, *, seed: int = 0, workers: int | None = N
         if workers <= 1:
             chunk = 0
             while filled < n_jets:
-                data, events = run_chunk(sample, seed, chunk, events_per_chunk)
+                data, events = run_chunk(sample, seed, chunk, events_per_chunk, truth)
                 before = filled
                 take(data, events)
                 bar.update(filled - before)
                 chunk += 1
         else:
             _generate_parallel(sample, seed, n_jets, workers, events_per_chunk, take,
-                               lambda: filled, bar)
+                               lambda: filled, bar, truth)
     if stats is not None:
         stats.update(n_events=n_events, n_chunks=n_chunks, wall_s=time.perf_counter() - start)
     return out
 
 
-def _generate_parallel(sample, seed, n_jets, workers, events_per_chunk, take, filled, bar):
+def _generate_parallel(sample, seed, n_jets, workers, events_per_chunk, take, filled, bar,
+                       truth=False):
     """Keep 2 chunks per worker in flight (and at most 4 per worker ahead of the output),
     consume the results strictly in chunk order, and stop the workers once enough jets
     are in (chunks still running then are thrown away)."""
@@ -237,7 +284,8 @@ def _generate_parallel(sample, seed, n_jets, workers, events_per_chunk, take, fi
     try:
         while filled() < n_jets:
             while in_flight < 2 * workers and next_chunk - next_taken < 4 * workers:
-                pool.apply_async(_run_chunk_task, ((sample, seed, next_chunk, events_per_chunk),),
+                pool.apply_async(_run_chunk_task,
+                                 ((sample, seed, next_chunk, events_per_chunk, truth),),
                                  callback=results.put, error_callback=results.put)
                 next_chunk += 1
                 in_flight += 1
@@ -260,30 +308,60 @@ def _generate_parallel(sample, seed, n_jets, workers, events_per_chunk, take, fi
         bar.update(n_jets - shown)
 
 
-def cache_path(sample: str, n_jets: int, seed: int = 0) -> Path:
+def cache_path(sample: str, n_jets: int, seed: int = 0, truth: bool = False) -> Path:
     from offload_training.paths import data_dir
 
-    return data_dir() / "jets" / f"{sample}-{n_jets}-{seed}-{VERSION}.npz"
+    suffix = "-truth" if truth else ""
+    return data_dir() / "jets" / f"{sample}-{n_jets}-{seed}-{VERSION}{suffix}.npz"
 
 
-def load_or_generate(sample: str, n_jets: int, *, seed: int = 0,
-                     workers: int | None = None) -> dict[str, np.ndarray]:
-    """The data set from the cache (:func:`cache_path`), generating and saving it if absent.
+def _larger_cache(sample: str, n_jets: int, seed: int, truth: bool) -> Path | None:
+    """The smallest other cached data set of the same sample, seed and version with as many
+    jets or more (and the generator-level constituents if `truth`), made with the default
+    chunk size: its first `n_jets` rows are the data set asked for, since chunk k depends
+    only on (seed, sample, k) and chunks are concatenated in order."""
+    folder = cache_path(sample, n_jets, seed).parent
+    found = []
+    for path in folder.glob(f"{sample}-*-{seed}-{VERSION}*.npz"):
+        parts = path.stem.split("-")
+        if len(parts) not in (4, 5) or not parts[1].isdigit() or \
+                (len(parts) == 5 and parts[4] != "truth") or (truth and len(parts) == 4):
+            continue
+        record = path.with_suffix(".json")
+        if not record.is_file() or \
+                json.loads(record.read_text()).get("events_per_chunk") != EVENTS_PER_CHUNK:
+            continue
+        if int(parts[1]) >= n_jets and path != cache_path(sample, n_jets, seed, truth):
+            found.append((int(parts[1]), path))
+    return min(found)[1] if found else None
+
+
+def load_or_generate(sample: str, n_jets: int, *, seed: int = 0, workers: int | None = None,
+                     truth: bool = False, keys: tuple[str, ...] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """The data set from the cache (:func:`cache_path`), or the first rows of a larger cached
+    one of the same seed, generating and saving it if neither exists (`truth`: with the
+    generator-level constituents; `keys`: only these keys are returned).
 
     Beside the ``.npz`` a ``.json`` records how it was made (events, time, settings)."""
-    path = cache_path(sample, n_jets, seed)
+    path = cache_path(sample, n_jets, seed, truth)
+    wanted = tuple(fields(truth)) if keys is None else keys
     if path.exists():
         with np.load(path) as stored:
-            return {key: stored[key] for key in FIELDS}
+            return {key: stored[key] for key in wanted}
+    larger = _larger_cache(sample, n_jets, seed, truth)
+    if larger is not None:  # the same jets are its first rows (see the module doc)
+        with np.load(larger) as stored:
+            return {key: stored[key][:n_jets] for key in wanted}
     stats: dict = {}
-    data = generate(sample, n_jets, seed=seed, workers=workers, stats=stats)
+    data = generate(sample, n_jets, seed=seed, workers=workers, stats=stats, truth=truth)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with Path(partial).open("wb") as f:
         np.savez_compressed(f, **data)
     partial.replace(path)
     record = {
-        "sample": sample, "n_jets": n_jets, "seed": seed, "version": VERSION,
+        "sample": sample, "n_jets": n_jets, "seed": seed, "version": VERSION, "truth": truth,
         "workers": workers if workers is not None else default_workers(),
         "events_per_chunk": EVENTS_PER_CHUNK, **stats,
         "jets_per_s": n_jets / stats["wall_s"] if stats["wall_s"] > 0 else None,
@@ -292,4 +370,4 @@ def load_or_generate(sample: str, n_jets: int, *, seed: int = 0,
                      if name.isupper() and isinstance(getattr(detector, name), (int, float))},
     }
     path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    return data
+    return {key: data[key] for key in wanted}

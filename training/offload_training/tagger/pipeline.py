@@ -1,146 +1,194 @@
-"""`jet_tagger`: train the ParticleNet-style top tagger, export it to ONNX, document it."""
+"""`jet_tagger`: train its versions, export them to ONNX side by side, measure them on the
+same held-out jets, write the config that serves both, the metrics and the model card.
+
+- version 1 (:mod:`.version1`): the compact tagger on the first 60,000 jets per sample;
+- version 2 (:mod:`.version2`): the ParticleNet tagger on the version-2 jets (:mod:`.data`).
+
+Both take the same inputs (`offload.physics.jets.tagger_inputs`) and give the same output,
+and `config.pbtxt` serves both (`version_policy: { specific: { versions: [1, 2] } }`); a
+request that names no version gets version 2, the highest. Both are measured on version 2's
+test split, which neither trained on (version 1's jets are the first rows of version 2's
+samples, split by the same event numbers).
+
+`offload train --model jet_tagger` builds both; `--version 2` only version 2, keeping the
+exported version 1 and its training record.
+"""
 
 from __future__ import annotations
 
+import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from offload.physics.jets import (
-    CONSTITUENT_FEATURES,
-    MAX_CONSTITUENTS,
-    tagger_inputs,
-)
 from offload_training import jet_samples
-from offload_training.export import Tensor, configure_by_measurement, model_folder, write_json
-from offload_training.metrics import tagging_metrics
-from offload_training.tagger import card
-from offload_training.tagger.model import ParticleNetLite, TopProbability
-
-NAME = "jet_tagger"
-INPUTS = (
-    Tensor("points", "TYPE_FP32", (MAX_CONSTITUENTS, 2)),
-    Tensor("features", "TYPE_FP32", (MAX_CONSTITUENTS, len(CONSTITUENT_FEATURES))),
-    Tensor("mask", "TYPE_FP32", (MAX_CONSTITUENTS, 1)),
+from offload_training.export import (
+    BATCHES,
+    configure_by_measurement,
+    one_thread_cost,
+    write_json,
 )
-OUTPUTS = (Tensor("top_probability", "TYPE_FP32", (1,)),)
+from offload_training.metrics import tagging_metrics, tagging_metrics_with_errors
+from offload_training.tagger import data, version1, version2
+from offload_training.tagger.interface import INPUTS, NAME, OUTPUTS
+
+__all__ = ["INPUTS", "NAME", "OUTPUTS", "build"]
+
+#: The versions config.pbtxt serves; the highest is what a request naming none gets.
+VERSIONS = (1, 2)
 #: Jets kept in the committed validation sample (it must stay under 2 MB).
 VALIDATION_JETS = 1000
-
-
-def _as_tensors(inputs: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(inputs[t.name]) for t in INPUTS)
-
-
-def _predict(model: torch.nn.Module, inputs: dict[str, np.ndarray],
-             batch: int = 1024) -> np.ndarray:
-    model.eval()
-    tensors = _as_tensors(inputs)
-    with torch.inference_mode():
-        return np.concatenate([torch.sigmoid(model(*(t[i:i + batch] for t in tensors))).numpy()
-                               for i in range(0, len(tensors[0]), batch)])[:, 0]
-
-
-def train(train_inputs: dict[str, np.ndarray], train_labels: np.ndarray,
-          val_inputs: dict[str, np.ndarray], val_labels: np.ndarray, *, epochs: int,
-          seed: int, batch_size: int = 256) -> tuple[ParticleNetLite, list[dict]]:
-    torch.manual_seed(seed)
-    model = ParticleNetLite()
-    tensors = _as_tensors(train_inputs)
-    model.fit_standardisation(tensors[1], tensors[2])
-    labels = torch.from_numpy(train_labels.astype(np.float32))[:, None]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = epochs * ((len(labels) + batch_size - 1) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
-    generator = torch.Generator().manual_seed(seed)
-    history, best_auc, best_state = [], -1.0, None
-    progress = tqdm(range(epochs), desc="jet_tagger", unit="epoch")
-    for epoch in progress:
-        model.train()
-        order = torch.randperm(len(labels), generator=generator)
-        losses = []
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            logits = model(*(t[index] for t in tensors))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-        val_auc = tagging_metrics(val_labels, _predict(model, val_inputs))["auc"]
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                        "validation_auc": val_auc})
-        progress.set_postfix(loss=f"{np.mean(losses):.4f}", val_auc=f"{val_auc:.4f}")
-        if val_auc > best_auc:  # keep the epoch that did best on the validation split
-            best_auc = val_auc
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    return model.eval(), history
-
-
-def export_onnx(model: ParticleNetLite, path: Path) -> None:
-    example = tuple(torch.zeros((2, *t.dims)) for t in INPUTS)
-    torch.onnx.export(TopProbability(model).eval(), example, str(path),
-                      input_names=[t.name for t in INPUTS],
-                      output_names=[t.name for t in OUTPUTS],
-                      dynamic_axes={t.name: {0: "batch"} for t in (*INPUTS, *OUTPUTS)},
-                      opset_version=17, dynamo=False)
+QUICK_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+#: Batch sizes measured for max_batch_size: at most 256. Version 2's onnxruntime session
+#: holds ~2.5 MB per row at large batches (its edge tensors: 64 constituents × 8 neighbours
+#: × 64 channels), so 4096 rows (what the throughput rule picked on the loaded machine) took
+#: ~10 GB per session and ran the training process out of memory; 256 rows is ~0.6 GB.
+TAGGER_BATCHES = tuple(b for b in BATCHES if b <= 256)
 
 
 def build(repository: Path, *, quick: bool = False, workers: int | None = None,
-          seed: int = 0) -> dict:
-    """Generate (or load) the jets, train, export into `repository/jet_tagger`, write the
-    metrics, plots, validation sample and model card. Returns the metrics."""
+          seed: int = 0, versions: Sequence[int] = VERSIONS, ceiling: bool = False) -> dict:
+    """Train the chosen versions (the others are taken as exported before), export into
+    `repository/jet_tagger/<version>/model.onnx`, and write the config, metrics, plots,
+    validation sample and model card of all of them. Returns the metrics.
+
+    `ceiling`: also train version 2's network on the generator-level constituents of the
+    same jets (:func:`.version2.ceiling`), a study recorded in the card. Otherwise an earlier
+    study is kept if version 2's network and training settings are still the same."""
     started = time.perf_counter()
-    jets = jet_samples.load(quick=quick, workers=workers)
-    jets = jets.select(jet_samples.tagging_window(jets))
-    parts = {name: jets.part(name) for name in ("train", "validation", "test")}
-    inputs = {name: tagger_inputs(p.constituents, p.reco_jet) for name, p in parts.items()}
-    train_started = time.perf_counter()
-    model, history = train(inputs["train"], parts["train"].is_top, inputs["validation"],
-                           parts["validation"].is_top, epochs=1 if quick else 20, seed=seed)
-    training_seconds = time.perf_counter() - train_started
-
+    unknown = sorted(set(versions) - set(VERSIONS))
+    if unknown:
+        raise ValueError(f"jet_tagger has versions {VERSIONS}, not {unknown}")
     model_dir = repository / NAME
-    artifact = model_folder(repository, NAME) / "model.onnx"
-    export_onnx(model, artifact)
-    test_scores = _predict(model, inputs["test"])
-    runner, timings, max_batch = configure_by_measurement(model_dir, "onnxruntime", INPUTS,
-                                                          OUTPUTS, inputs["test"])
-    served_like = runner.run({k: v[:256] for k, v in inputs["test"].items()})["top_probability"]
-    export_difference = float(np.abs(served_like[:, 0] - test_scores[:256]).max())
-    if export_difference > 1e-4:
-        raise RuntimeError(f"ONNX export differs from torch by {export_difference:.2g}")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    records = _previous_records(model_dir)
+    if 1 in versions:
+        print("== jet_tagger version 1", flush=True)
+        records["1"], _, _ = version1.build(model_dir / "1" / "model.onnx", quick=quick,
+                                            workers=workers, seed=seed)
+    print("== jet_tagger version 2 data", flush=True)
+    jets = data.load(quick=quick, workers=workers, truth=ceiling,
+                     keep=jet_samples.tagging_window)
+    test = jets.part("test")
+    model2 = None
+    if 2 in versions:
+        print("== jet_tagger version 2", flush=True)
+        records["2"], model2 = version2.build(model_dir / "2" / "model.onnx", jets,
+                                              quick=quick, seed=seed)
+    missing = [str(v) for v in VERSIONS if not (model_dir / str(v) / "model.onnx").is_file()
+               or str(v) not in records]
+    if missing:
+        raise RuntimeError(f"{model_dir}: version(s) {', '.join(missing)} not built yet (no "
+                           "model.onnx or no record in metrics.json): build them first")
+    records["2"]["data"]["generation"] = data.generation_records(quick)
+    if ceiling:
+        print("== jet_tagger version 2's network on generator-level constituents", flush=True)
+        records["2"]["ceiling"] = version2.ceiling(jets, quick=quick, seed=seed)
+    elif model2 is not None:
+        earlier = records["2"].get("ceiling") or _previous_records(model_dir).get(
+            "2", {}).get("ceiling")
+        if earlier and _same(earlier["architecture"],
+                             records["2"]["architecture_parameters"]) \
+                and _same(earlier["settings"], version2.ceiling_settings(quick, seed).as_dict()):
+            records["2"]["ceiling"] = earlier
+    jets.gen_constituents = None  # not needed further
 
-    validation = parts["test"].select(_balanced(parts["test"].is_top, VALIDATION_JETS, seed))
+    print("== jet_tagger: config, evaluation, cost", flush=True)
+    test_inputs = version2.inputs(test.constituents, test.reco_jet)
+    _, timings, max_batch = configure_by_measurement(
+        model_dir, "onnxruntime", INPUTS, OUTPUTS, test_inputs, versions=VERSIONS,
+        batches=QUICK_BATCHES if quick else TAGGER_BATCHES, min_seconds=0.05 if quick else 0.3)
+    from offload_server.backends import load_in_process
+
+    runners = {str(v): load_in_process(model_dir, v) for v in VERSIONS}
+    scores = {v: _run(runner, test_inputs, max_batch) for v, runner in runners.items()}
+    validation = test.select(_balanced(test.is_top, VALIDATION_JETS, seed))
     jet_samples.save_sample(model_dir / "validation.npz", validation, "constituents",
                             "reco_jet", "is_top")
-    validation_scores = runner.run(tagger_inputs(validation.constituents,
-                                                 validation.reco_jet))["top_probability"][:, 0]
+    validation_inputs = version2.inputs(validation.constituents, validation.reco_jet)
+    sample_rows = {k: v[:4096] for k, v in test_inputs.items()}
+    for version, runner in runners.items():
+        record = records[version]
+        record["test"] = tagging_metrics_with_errors(test.is_top, scores[version],
+                                                     resamples=20 if quick else 200, seed=seed)
+        record["validation_sample"] = tagging_metrics(
+            validation.is_top, _run(runner, validation_inputs, max_batch))
+        record["artifact_bytes"] = (model_dir / version / "model.onnx").stat().st_size
+        record["cost"] = [c.as_dict() for c in one_thread_cost(
+            model_dir, version, sample_rows, (1, max_batch), 0.2 if quick else 2.0)]
+    del runners  # their sessions' memory (onnxruntime keeps its arenas while loaded)
+    if model2 is not None:  # the export against torch, on every test jet
+        records["2"]["export_check"] = version2.compare_with_torch(model2, test_inputs,
+                                                                   scores["2"])
     metrics = {
         "model": NAME,
-        "test": tagging_metrics(parts["test"].is_top, test_scores),
-        "validation_sample": tagging_metrics(validation.is_top, validation_scores),
-        "data": {"quick": quick, "selection": "reco jet pt in [500, 650] GeV, |eta| < 2",
-                 "counts": jets.counts()},
-        "training": {"epochs": len(history), "history": history, "seconds": training_seconds,
-                     "parameters": sum(p.numel() for p in model.parameters())},
-        "export": {"max_batch_size": max_batch, "onnx_vs_torch_max_abs": export_difference,
+        "quick": quick,
+        "versions_served": list(VERSIONS),
+        "default_version": max(VERSIONS),
+        "test": {"description": "version 2's test split: events 8-9 (mod 10) of the tt̄ and "
+                                "QCD samples, and all of the test-only QCD sample",
+                 "selection": "reco jet pt in [500, 650] GeV, |eta| < 2",
+                 "top": int(test.is_top.sum()), "qcd": int((test.is_top == 0).sum())},
+        "versions": {v: records[v] for v in sorted(records, key=int)},
+        "export": {"max_batch_size": max_batch, "timed_version": max(VERSIONS),
                    "timings": [{"batch": t.batch, "ms_per_batch": t.seconds_per_batch * 1e3}
                                for t in timings]},
         "machine": {"host": platform.node(), "processor": platform.processor() or "unknown",
-                    "threads": torch.get_num_threads()},
+                    "cores": _cores(), "torch_threads": torch.get_num_threads()},
         "seconds_total": time.perf_counter() - started,
     }
     write_json(model_dir / "metrics.json", metrics)
-    card.write(model_dir, metrics, timings, parts["test"].is_top, test_scores, history)
+    from offload_training.tagger import card  # imported when used: a training of an hour
+    # writes the card as its code is when the training ends
+    card.write(model_dir, metrics, timings, test.is_top, scores)
     return metrics
+
+
+def _run(runner, inputs: dict[str, np.ndarray], batch: int) -> np.ndarray:
+    """Scores of the served artifact, as the server's runner computes them, in batches."""
+    n = len(inputs["mask"])
+    return np.concatenate(
+        [runner.run({k: v[i:i + batch] for k, v in inputs.items()})["top_probability"][:, 0]
+         for i in range(0, n, batch)] or [np.zeros(0, np.float32)])
+
+
+def _previous_records(model_dir: Path) -> dict[str, dict]:
+    """The versions' records of an earlier build (metrics.json), to keep the versions not
+    rebuilt now. A metrics.json from before version 2 is version 1's record."""
+    path = model_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    recorded = json.loads(path.read_text())
+    if "versions" in recorded:
+        return {v: r for v, r in recorded["versions"].items() if (model_dir / v).is_dir()}
+    if not (model_dir / "1").is_dir():
+        return {}
+    return {"1": {"architecture": "one EdgeConv block (k = 12 nearest neighbours in (Δη, Δφ), "
+                                  "MLP 26→32→32 on (x_i, x_j − x_i), mean over neighbours, "
+                                  "linear shortcut), a per-particle layer 32→64, a masked "
+                                  "mean over particles, a 64→64→1 head; 64 constituents",
+                  "data": recorded["data"] | {"samples": {
+                      s: {"jets": jet_samples.FULL_JETS, "seed": seed}
+                      for s, seed in jet_samples.SEEDS.items()}},
+                  "training": recorded["training"] | {"batch_size": 256, "threads": 2,
+                                                      "optimizer": "AdamW, one-cycle, max "
+                                                                   "lr 3e-3"},
+                  "own_test_split": recorded["test"]}}
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as stored in metrics.json (tuples become lists)."""
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def _cores() -> int:
+    from offload_training.jets.dataset import default_workers
+
+    return default_workers()
 
 
 def _balanced(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
