@@ -69,6 +69,7 @@ def test_tagger_served_matches_in_process_and_its_card(server):
     card = (REPOSITORY / "jet_tagger" / "model_card.md").read_text()
     assert f"{expected['auc']:.4f}" in card
     assert f"{default['test']['auc']:.4f}" in card
+    assert raw_jet_inputs("tagger_inputs") in card  # the raw layout the client takes
 
 
 def test_regression_served_matches_in_process_and_its_card(server):

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from offload.physics.jets import CONSTITUENT_FEATURES
+from offload_training.card_sections import raw_jet_inputs
 from offload_training.export import BatchTiming, timing_table
 from offload_training.plotting import pyplot
 from offload_training.tagger import version2
@@ -176,6 +177,7 @@ code made the training inputs. The 128 highest-pt constituents; version 1 reads 
 | `features` | [128, 13] | FP32 | {", ".join(f"`{f}`" for f in CONSTITUENT_FEATURES)} (pt and energy in GeV inside the logs) |
 | `mask` | [128, 1] | FP32 | 1 for a constituent, 0 for padding |
 
+{raw_jet_inputs("tagger_inputs")}
 ## Output
 | name | shape | type | content |
 | --- | --- | --- | --- |
