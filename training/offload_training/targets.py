@@ -48,14 +48,15 @@ class Setting:
 class Target:
     """A model's config for one target (here: GPUs served by NGC 24.10's native backends)."""
 
-    target: str
-    kind: str  # instance_group kind
-    instances: int
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...]
-    max_queue_delay_us: int
-    max_queue_size: int
-    queue_timeout_us: int
+    # The GPU targets share these (their reasons: _common_reasons and _queue_reasons).
+    target: str = "gpu"
+    kind: str = "KIND_GPU"  # instance_group kind
+    instances: int = 2
+    max_queue_delay_us: int = 1000
+    max_queue_size: int = 1024
+    queue_timeout_us: int = 10_000_000
     parameters: dict[str, str] = field(default_factory=dict)
     warmup: bool = True
     options: str = ""  # commented-out alternatives, appended verbatim
@@ -137,9 +138,7 @@ def _common_reasons(max_batch_size: int, row_bytes: int, per_row: str) -> dict[s
 #: model -> its GPU target. Row sizes are the input bytes of one row (FP32).
 GPU: dict[str, Target] = {
     "jet_tagger": Target(
-        target="gpu", kind="KIND_GPU", instances=2, max_batch_size=1024,
-        preferred_batch_sizes=(256, 1024), max_queue_delay_us=1000, max_queue_size=1024,
-        queue_timeout_us=10_000_000,
+        max_batch_size=1024, preferred_batch_sizes=(256, 1024),
         parameters={"intra_op_thread_count": "1"},
         reasons={
             **_common_reasons(1024, 128 * 16 * 4,
@@ -174,9 +173,7 @@ GPU: dict[str, Target] = {
 ''',
     ),
     "jet_energy_regression": Target(
-        target="gpu", kind="KIND_GPU", instances=2, max_batch_size=1024,
-        preferred_batch_sizes=(256, 1024), max_queue_delay_us=1000, max_queue_size=1024,
-        queue_timeout_us=10_000_000,
+        max_batch_size=1024, preferred_batch_sizes=(256, 1024),
         parameters={"TF_NUM_INTRA_THREADS": "2", "TF_NUM_INTER_THREADS": "2"},
         reasons={
             **_common_reasons(1024, (9 + 128 * 13 + 128) * 4,
@@ -192,9 +189,7 @@ GPU: dict[str, Target] = {
         },
     ),
     "calo_shower_generator": Target(
-        target="gpu", kind="KIND_GPU", instances=2, max_batch_size=4096,
-        preferred_batch_sizes=(1024, 4096), max_queue_delay_us=1000, max_queue_size=1024,
-        queue_timeout_us=10_000_000,
+        max_batch_size=4096, preferred_batch_sizes=(1024, 4096),
         parameters={"INTRA_OP_THREAD_COUNT": "1"},
         reasons={
             **_common_reasons(4096, (1 + 8 + 576) * 4,
