@@ -13,6 +13,8 @@ GatherElements).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -107,3 +109,19 @@ class TopProbability(nn.Module):
     def forward(self, points: torch.Tensor, features: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.tagger(points, features, mask))
+
+
+def export_onnx(model: nn.Module, path: Path, *, real_particles: int = 0) -> None:
+    """The tagger `model` as jet_tagger's ONNX artifact: TopProbability around it, opset 17
+    (onnxruntime ≥ 1.12; NGC 24.10 ships 1.19.2), a dynamic batch, the interface's inputs.
+    `real_particles`: how many constituents the traced example marks as present."""
+    from offload_training.tagger.interface import INPUTS, OUTPUTS
+
+    example = tuple(torch.zeros((2, *t.dims)) for t in INPUTS)
+    example[2][:, :real_particles] = 1.0  # the mask
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(TopProbability(model).eval(), example, str(path),
+                      input_names=[t.name for t in INPUTS],
+                      output_names=[t.name for t in OUTPUTS],
+                      dynamic_axes={t.name: {0: "batch"} for t in (*INPUTS, *OUTPUTS)},
+                      opset_version=17, dynamo=False)

@@ -13,8 +13,9 @@ from tqdm import tqdm
 from offload.physics.jets import tagger_inputs
 from offload_training import jet_samples
 from offload_training.metrics import tagging_metrics
-from offload_training.tagger.interface import INPUTS, OUTPUTS
-from offload_training.tagger.model import ParticleNetLite, TopProbability
+from offload_training.tagger import model as tagger_model
+from offload_training.tagger.interface import INPUTS
+from offload_training.tagger.model import ParticleNetLite
 
 EPOCHS = 20
 
@@ -72,13 +73,7 @@ def train(train_inputs: dict[str, np.ndarray], train_labels: np.ndarray,
 
 
 def export_onnx(model: ParticleNetLite, path: Path) -> None:
-    example = tuple(torch.zeros((2, *t.dims)) for t in INPUTS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(TopProbability(model).eval(), example, str(path),
-                      input_names=[t.name for t in INPUTS],
-                      output_names=[t.name for t in OUTPUTS],
-                      dynamic_axes={t.name: {0: "batch"} for t in (*INPUTS, *OUTPUTS)},
-                      opset_version=17, dynamo=False)
+    tagger_model.export_onnx(model, path)
 
 
 def build(artifact: Path, *, quick: bool = False, workers: int | None = None,

@@ -27,8 +27,7 @@ from offload.physics.jets import tagger_inputs
 from offload_training.jet_samples import JetSample
 from offload_training.metrics import tagging_metrics
 from offload_training.tagger import data
-from offload_training.tagger.interface import INPUTS, OUTPUTS
-from offload_training.tagger.model import TopProbability
+from offload_training.tagger import model as tagger_model
 from offload_training.tagger.particlenet import Architecture, ParticleNet
 
 #: The network of version 2, chosen by measured training time (SIZING; model card,
@@ -220,17 +219,10 @@ def train(train_arrays: dict[str, np.ndarray], train_labels: np.ndarray,
 
 
 def export_onnx(model: ParticleNet, path: Path) -> None:
-    """ONNX opset 17 (onnxruntime ≥ 1.12; NGC 24.10 ships 1.19.2), dynamic batch, the
-    full 128-constituent inputs of version 1 (the network reads the first
-    `architecture.particles`)."""
-    example = tuple(torch.zeros((2, *t.dims)) for t in INPUTS)
-    example[2][:, :8] = 1.0  # a few real particles, so that tracing sees a realistic mask
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(TopProbability(model).eval(), example, str(path),
-                      input_names=[t.name for t in INPUTS],
-                      output_names=[t.name for t in OUTPUTS],
-                      dynamic_axes={t.name: {0: "batch"} for t in (*INPUTS, *OUTPUTS)},
-                      opset_version=17, dynamo=False)
+    """The full 128-constituent inputs of version 1 (the network reads the first
+    `architecture.particles`); a few real particles in the traced example, so that tracing
+    sees a realistic mask."""
+    tagger_model.export_onnx(model, path, real_particles=8)
 
 
 def build(artifact: Path, jets: JetSample, *, quick: bool = False, seed: int = 0,
