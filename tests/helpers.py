@@ -14,12 +14,26 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFLOAD = [sys.executable, "-m", "offload.cli"]
 #: `offload serve` on ports the kernel picks, all three listeners on.
 FREE_PORTS = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+
+
+def settled_count(read: Callable[[], int], expected: int, timeout: float = 20) -> int:
+    """`read()` once it reaches `expected`, or its last value after `timeout` seconds.
+
+    Triton records a request in its statistics after it has sent the response, so a
+    counter read right after the call returns can still lag by the last batch."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
 
 
 def free_port() -> int:

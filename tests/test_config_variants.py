@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
+from helpers import ROOT, settled_count
 
 from offload_server.errors import ServerStartError
 from offload_server.model_spec import config_variants, read_config
 from offload_server.repo_check import check_repository
 from offload_training import targets
 
-ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
 MODELS = ("calo_shower_generator", "jet_energy_regression", "jet_tagger")
 
@@ -198,7 +198,8 @@ def test_gpu_variants_serve_with_their_settings_when_the_kind_is_cpu(tmp_path):
         assert shower.shape == (4096, 12, 8, 6)
         assert np.isfinite(shower).all()
         # every version's row of a model named without one (jet_tagger serves two)
-        executions = {m: sum(r.executions for r in client.model(m).server_stats())
+        executions = {m: settled_count(lambda m=m: sum(r.executions for r in
+                                                       client.model(m).server_stats()), 1)
                       for m in MODELS}
         assert all(executions[m] >= 1 for m in MODELS)
         triton.close()

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, settled_count
 
 # Locust runs: `make test`, not test-fast.
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "k8s" / "locust" / "locustfile.py"
 
 
@@ -54,7 +54,9 @@ def test_locust_grpc_user_reports_each_inference(tagger_server, tmp_path):
 
     with offload.Client(tagger_server.grpc_url) as client:
         # a row per served version of a model named without one (jet_tagger serves two)
-        served = sum(r.requests for r in client.model("jet_tagger").server_stats())
+        tagger = client.model("jet_tagger")
+        served = settled_count(lambda: sum(r.requests for r in tagger.server_stats()),
+                               int(row["Request Count"]))
     assert served >= int(row["Request Count"])
 
 
