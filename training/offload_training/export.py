@@ -170,36 +170,17 @@ class JetCost:
 def one_thread_cost(model_dir: Path, version: str | int, sample: dict[str, np.ndarray],
                     batches: Sequence[int], min_seconds: float = 1.0) -> list[JetCost]:
     """What a grid job pays per item to run a repository model itself: the artifact loaded
-    by the server's own runner with one intra-op and one inter-op thread (the parameter
-    names of the native backends; a grid slot is one core), timed per batch size on rows
-    of `sample`. The CPU time is this thread's (the runners compute on the calling thread
-    with one intra-op thread), which a busy machine stretches less than the wall time."""
-    from dataclasses import replace
+    by the server's own runner with one intra-op and one inter-op thread (a grid slot is one
+    core), timed per batch size on rows of `sample`."""
+    from offload_server.backends import load_in_process
+    from offload_server.backends.cost import time_runner
 
-    from offload_server.backends.triton_model import load_checked
-    from offload_server.model_spec import spec_from_folder
-
-    one = {"intra_op_thread_count": "1", "inter_op_thread_count": "1",
-           "TF_NUM_INTRA_THREADS": "1", "TF_NUM_INTER_THREADS": "1",
-           "INTRA_OP_THREAD_COUNT": "1", "INTER_OP_THREAD_COUNT": "1"}
-    spec = spec_from_folder(model_dir)
-    runner = load_checked(model_dir, str(version), replace(spec,
-                                                           parameters={**spec.parameters,
-                                                                       **one}))
+    runner = load_in_process(model_dir, version, one_thread=True)
     pool = {k: np.resize(v, (max(batches), *v.shape[1:])) for k, v in sample.items()}
     costs = []
     for batch in batches:
-        chunk = {k: v[:batch] for k, v in pool.items()}
-        runner.run(chunk)
-        walls, cpus, spent = [], [], 0.0
-        while spent < min_seconds or len(walls) < 5:
-            wall, cpu = time.perf_counter(), time.thread_time()
-            runner.run(chunk)
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.thread_time() - cpu)
-            spent += walls[-1]
-        costs.append(JetCost(batch, min(walls) / batch * 1e6,
-                             float(np.median(cpus)) / batch * 1e6))
+        cost = time_runner(runner, {k: v[:batch] for k, v in pool.items()}, min_seconds)
+        costs.append(JetCost(batch, cost.wall_us_per_row, cost.cpu_us_per_row))
     return costs
 
 
