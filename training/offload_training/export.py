@@ -85,7 +85,7 @@ def model_folder(repository: Path, name: str, version: int = 1) -> Path:
     return folder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class BatchTiming:
     batch: int
     seconds_per_batch: float
@@ -115,12 +115,26 @@ def time_batches(run: Callable[[int], object], batches: Sequence[int],
     return timings
 
 
-def choose_max_batch_size(timings: Sequence[BatchTiming], fraction: float = 0.9) -> int:
-    """The smallest measured batch reaching `fraction` of the best throughput, doubled for
-    headroom (the dynamic batcher merges requests up to it), within what was measured.
-    Larger batches only add latency once throughput has levelled off."""
+#: A request served by the embedded server costs ~0.5 ms besides the model (16 B through
+#: its front on 127.0.0.1, perf/RESULTS.md). A batch that computes for 4× that keeps the
+#: per-request cost within ~20 % of the batch's time, however flat the model's throughput.
+MIN_BATCH_MS = 2.0
+#: choose_max_batch_size's rule, for the model cards.
+MAX_BATCH_RULE = ("twice the smallest measured batch that reaches 90 % of the best throughput "
+                  f"and computes for at least {MIN_BATCH_MS:g} ms (4× a served request's "
+                  "~0.5 ms outside the model), within the batches measured")
+
+
+def choose_max_batch_size(timings: Sequence[BatchTiming], fraction: float = 0.9,
+                          min_batch_ms: float = MIN_BATCH_MS) -> int:
+    """Twice the smallest measured batch that reaches `fraction` of the best throughput and
+    takes at least `min_batch_ms` (the largest such batch if none does), within what was
+    measured: the dynamic batcher merges requests up to it. Larger batches only add latency
+    once throughput has levelled off; smaller ones pay the per-request cost too often."""
     best = max(t.throughput for t in timings)
-    enough = min(t.batch for t in timings if t.throughput >= fraction * best)
+    fast = sorted(t for t in timings if t.throughput >= fraction * best)
+    long_enough = [t.batch for t in fast if t.seconds_per_batch * 1e3 >= min_batch_ms]
+    enough = long_enough[0] if long_enough else fast[-1].batch
     return min(2 * enough, max(t.batch for t in timings))
 
 

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_curve
 
 from offload.physics.jets import CONSTITUENT_FEATURES
 from offload_training.card_sections import raw_jet_inputs
-from offload_training.export import BatchTiming, timing_table
+from offload_training.export import MAX_BATCH_RULE, BatchTiming, timing_table
 from offload_training.plotting import pyplot
 from offload_training.tagger import version2
 
@@ -258,7 +258,7 @@ directly comparable. Version 1 on its own, smaller test split: AUC {own['auc']:.
 ## Batch size
 `max_batch_size` serves both versions; it is chosen on version 2, the default: measured
 in-process with onnxruntime (as the backend runs it, default threads) on this machine,
-twice the smallest batch reaching 90 % of the best throughput, among batches up to 256:
+{MAX_BATCH_RULE}, among batches up to 256:
 **{metrics['export']['max_batch_size']}**. (Version 2's onnxruntime session holds ~2.5 MB per
 row at large batches; measured up to 4096 on the loaded machine, the rule picked 4096 and a
 session took ~10 GB, so batches above 256 are not offered.)
