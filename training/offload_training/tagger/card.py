@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -120,8 +121,9 @@ def write(model_dir: Path, metrics: dict, timings: Sequence[BatchTiming], labels
          _rejection(v2["test"], "rejection_at_50")),
         ("validation.npz: AUC, 1/ε_B at 0.3, at 0.5",
          *(f"{v['validation_sample']['auc']:.4f}, "
-           f"{v['validation_sample']['rejection_at_30']:.0f}, "
-           f"{v['validation_sample']['rejection_at_50']:.0f}" for v in (v1, v2))),
+           f"{_sample_rejection(v['validation_sample'], 'rejection_at_30')}, "
+           f"{_sample_rejection(v['validation_sample'], 'rejection_at_50')}"
+           for v in (v1, v2))),
         ("CPU per jet in-process, one core, batch 1", _cost(v1, 0), _cost(v2, 0)),
         (f"CPU per jet in-process, one core, batch {v2['cost'][1]['batch']}", _cost(v1, 1),
          _cost(v2, 1)),
@@ -308,6 +310,13 @@ the same network, with {len(ceiling['history'])} epoch(s) on {ceiling['training_
 of version 2's training jets against its {len(reco_history)} on {_training_jets(v2):,}.
 {_ceiling_reading(ceiling, v2)}
 """
+
+
+def _sample_rejection(sample: Mapping, key: str) -> str:
+    """A rejection on the small validation sample: "> N" when none of its N QCD jets
+    passes the cut (the rejection is then only bounded)."""
+    value = sample[key]
+    return f"> {sample['n_background']}" if math.isinf(value) else f"{value:.0f}"
 
 
 def _ceiling_reading(ceiling: Mapping, v2: Mapping) -> str:
