@@ -218,6 +218,28 @@ def test_config_writers_carry_the_version_policy(tmp_path):
     assert list(variant.version_policy.specific.versions) == [1, 2]
 
 
+def test_model_cost_times_each_version_on_one_thread(tmp_path):
+    """`python -m offload_perf.model_cost`: each served version, timed in-process with one
+    thread on the validation sample's jets, per batch size; written with the machine."""
+    from offload_perf import model_cost
+
+    assert model_cost.main(["--repository", str(REPOSITORY), "--batches", "1,3",
+                            "--seconds", "0.05", "--output", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "model_cost.json").read_text())
+    assert record["model"] == "jet_tagger"
+    assert int(record["machine"]["cores"]) >= 1
+    assert [(r["version"], r["batch"]) for r in record["rows"]] == \
+        [("1", 1), ("1", 3), ("2", 1), ("2", 3)]
+    for row in record["rows"]:
+        assert row["repeats"] >= 5
+        assert 0 < row["wall_us_per_row"] <= row["median_wall_us_per_row"]
+        assert row["cpu_us_per_row"] > 0
+    # version 2 is the costlier network (per row, at batch 1, in the thread's CPU time)
+    cpu = {(r["version"], r["batch"]): r["cpu_us_per_row"] for r in record["rows"]}
+    assert cpu[("2", 1)] > cpu[("1", 1)]
+    assert model_cost.main(["--repository", str(tmp_path), "--output", str(tmp_path)]) == 1
+
+
 # ------------------------------------------------------------------ the QUICK pipeline
 @pytest.mark.slow
 def test_quick_two_version_pipeline_and_a_rebuild_of_version_2_alone(tmp_path):

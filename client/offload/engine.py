@@ -495,10 +495,7 @@ class _Attempt:
         engine = self.engine
         if remaining <= 0:
             if self.reloading:
-                raise self._final(ModelNotFoundError(
-                    f"{self._what()} had no version serving until the deadline (unloaded, "
-                    f"or loading for longer than the call's timeout); last: {self._last()}",
-                    model=self.model))
+                raise self._no_version_until_deadline()
             if self.waited and self.last_error is None:
                 raise self._final(DeadlineExceededError(
                     f"{self._what()}: no result within the deadline: the requests already "
@@ -561,7 +558,9 @@ class _Attempt:
                 # The new local endpoint is the only one not in failed_on: try it at once,
                 # without counting this against the retries.
                 return 0.0
-        if reloading and time.monotonic() < self.deadline:
+        if reloading and time.monotonic() >= self.deadline:
+            raise self._no_version_until_deadline()  # the answer came at the deadline
+        if reloading:
             # Transient within the deadline (a drain or a reload): wait, on another server
             # if there is one; not counted against the retries.
             if self.stats is not None:
@@ -590,6 +589,12 @@ class _Attempt:
         if self.stats is not None:
             self.stats.failure()
         return error
+
+    def _no_version_until_deadline(self) -> InferenceError:
+        return self._final(ModelNotFoundError(
+            f"{self._what()} had no version serving until the deadline (unloaded, or "
+            f"loading for longer than the call's timeout); last: {self._last()}",
+            model=self.model))
 
     def _what(self) -> str:
         return f"model '{self.model}'" if self.model else self.method

@@ -22,39 +22,26 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 import offload
-from offload_perf.gridsim import ONE_THREAD
 from offload_perf.options import RESULTS, machine
 
 
 def measure(folder: Path, version: str, inputs: dict[str, np.ndarray], batches: list[int],
             seconds: float) -> list[dict]:
-    from offload_server.backends.triton_model import load_checked
-    from offload_server.model_spec import spec_from_folder
+    from offload_server.backends import load_in_process
+    from offload_server.backends.cost import time_runner
 
-    spec = spec_from_folder(folder)
-    runner = load_checked(folder, version,
-                          replace(spec, parameters={**spec.parameters, **ONE_THREAD}))
+    runner = load_in_process(folder, version, one_thread=True)
     rows = []
     for batch in batches:
-        chunk = {k: np.ascontiguousarray(v[:batch]) for k, v in inputs.items()}
-        runner.run(chunk)  # warm-up
-        walls, cpus, spent = [], [], 0.0
-        while spent < seconds or len(walls) < 5:
-            wall, cpu = time.perf_counter(), time.thread_time()
-            runner.run(chunk)
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.thread_time() - cpu)
-            spent += walls[-1]
-        rows.append({"version": version, "batch": batch, "repeats": len(walls),
-                     "cpu_us_per_row": float(np.median(cpus)) / batch * 1e6,
-                     "wall_us_per_row": min(walls) / batch * 1e6,
-                     "median_wall_us_per_row": float(np.median(walls)) / batch * 1e6})
+        cost = time_runner(runner, {k: np.ascontiguousarray(v[:batch])
+                                    for k, v in inputs.items()}, seconds)
+        rows.append({"version": version, **asdict(cost)})
     return rows
 
 

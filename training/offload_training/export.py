@@ -85,7 +85,7 @@ def model_folder(repository: Path, name: str, version: int = 1) -> Path:
     return folder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class BatchTiming:
     batch: int
     seconds_per_batch: float
@@ -115,12 +115,26 @@ def time_batches(run: Callable[[int], object], batches: Sequence[int],
     return timings
 
 
-def choose_max_batch_size(timings: Sequence[BatchTiming], fraction: float = 0.9) -> int:
-    """The smallest measured batch reaching `fraction` of the best throughput, doubled for
-    headroom (the dynamic batcher merges requests up to it), within what was measured.
-    Larger batches only add latency once throughput has levelled off."""
+#: A request served by the embedded server costs ~0.5 ms besides the model (16 B through
+#: its front on 127.0.0.1, perf/RESULTS.md). A batch that computes for 4× that keeps the
+#: per-request cost within ~20 % of the batch's time, however flat the model's throughput.
+MIN_BATCH_MS = 2.0
+#: choose_max_batch_size's rule, for the model cards.
+MAX_BATCH_RULE = ("twice the smallest measured batch that reaches 90 % of the best throughput "
+                  f"and computes for at least {MIN_BATCH_MS:g} ms (4× a served request's "
+                  "~0.5 ms outside the model), within the batches measured")
+
+
+def choose_max_batch_size(timings: Sequence[BatchTiming], fraction: float = 0.9,
+                          min_batch_ms: float = MIN_BATCH_MS) -> int:
+    """Twice the smallest measured batch that reaches `fraction` of the best throughput and
+    takes at least `min_batch_ms` (the largest such batch if none does), within what was
+    measured: the dynamic batcher merges requests up to it. Larger batches only add latency
+    once throughput has levelled off; smaller ones pay the per-request cost too often."""
     best = max(t.throughput for t in timings)
-    enough = min(t.batch for t in timings if t.throughput >= fraction * best)
+    fast = sorted(t for t in timings if t.throughput >= fraction * best)
+    long_enough = [t.batch for t in fast if t.seconds_per_batch * 1e3 >= min_batch_ms]
+    enough = long_enough[0] if long_enough else fast[-1].batch
     return min(2 * enough, max(t.batch for t in timings))
 
 
@@ -170,36 +184,17 @@ class JetCost:
 def one_thread_cost(model_dir: Path, version: str | int, sample: dict[str, np.ndarray],
                     batches: Sequence[int], min_seconds: float = 1.0) -> list[JetCost]:
     """What a grid job pays per item to run a repository model itself: the artifact loaded
-    by the server's own runner with one intra-op and one inter-op thread (the parameter
-    names of the native backends; a grid slot is one core), timed per batch size on rows
-    of `sample`. The CPU time is this thread's (the runners compute on the calling thread
-    with one intra-op thread), which a busy machine stretches less than the wall time."""
-    from dataclasses import replace
+    by the server's own runner with one intra-op and one inter-op thread (a grid slot is one
+    core), timed per batch size on rows of `sample`."""
+    from offload_server.backends import load_in_process
+    from offload_server.backends.cost import time_runner
 
-    from offload_server.backends.triton_model import load_checked
-    from offload_server.model_spec import spec_from_folder
-
-    one = {"intra_op_thread_count": "1", "inter_op_thread_count": "1",
-           "TF_NUM_INTRA_THREADS": "1", "TF_NUM_INTER_THREADS": "1",
-           "INTRA_OP_THREAD_COUNT": "1", "INTER_OP_THREAD_COUNT": "1"}
-    spec = spec_from_folder(model_dir)
-    runner = load_checked(model_dir, str(version), replace(spec,
-                                                           parameters={**spec.parameters,
-                                                                       **one}))
+    runner = load_in_process(model_dir, version, one_thread=True)
     pool = {k: np.resize(v, (max(batches), *v.shape[1:])) for k, v in sample.items()}
     costs = []
     for batch in batches:
-        chunk = {k: v[:batch] for k, v in pool.items()}
-        runner.run(chunk)
-        walls, cpus, spent = [], [], 0.0
-        while spent < min_seconds or len(walls) < 5:
-            wall, cpu = time.perf_counter(), time.thread_time()
-            runner.run(chunk)
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.thread_time() - cpu)
-            spent += walls[-1]
-        costs.append(JetCost(batch, min(walls) / batch * 1e6,
-                             float(np.median(cpus)) / batch * 1e6))
+        cost = time_runner(runner, {k: v[:batch] for k, v in pool.items()}, min_seconds)
+        costs.append(JetCost(batch, cost.wall_us_per_row, cost.cpu_us_per_row))
     return costs
 
 

@@ -77,13 +77,13 @@ from offload_perf.gridsim.errors import GridSimError
 from offload_perf.gridsim.job import EventLoop, busy_work
 from offload_perf.gridsim.report import plot
 from offload_perf.gridsim.results import QUEUE_FLOOR_US, QUEUE_GROWTH, ratios, saturation, summarise
-from offload_perf.gridsim.runners import BATCH_ROWS, ONE_THREAD
+from offload_perf.gridsim.runners import BATCH_ROWS
 from offload_perf.gridsim.server_stats import process_group_cpu
 from offload_perf.gridsim.workers import WORKER_ENVIRONMENT, Workers
 
 __all__ = [
     "BATCH_ROWS", "DEFAULT_MODELS", "DEFAULT_MODES", "MODELS", "MODES", "OFFLOADED",
-    "ONE_THREAD", "QUEUE_FLOOR_US", "QUEUE_GROWTH", "WORKER_ENVIRONMENT", "EventLoop",
+    "QUEUE_FLOOR_US", "QUEUE_GROWTH", "WORKER_ENVIRONMENT", "EventLoop",
     "GridSimError", "Workers", "add_arguments", "busy_work", "main", "plot",
     "process_group_cpu", "ratios", "run", "saturation", "summarise",
 ]

@@ -3,7 +3,6 @@ offloaded through the offload client, request by request or through a Batcher.""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +12,19 @@ import offload
 from offload_perf.gridsim.choices import SHOWER_MODEL
 from offload_perf.gridsim.errors import GridSimError
 
-#: In-process: one intra-op and one inter-op thread per model and worker, in the parameter
-#: names each CPU runner reads (those of Triton's native backends).
-ONE_THREAD = {"intra_op_thread_count": "1", "inter_op_thread_count": "1",
-              "TF_NUM_INTRA_THREADS": "1", "TF_NUM_INTER_THREADS": "1",
-              "INTRA_OP_THREAD_COUNT": "1", "INTER_OP_THREAD_COUNT": "1"}
 #: offloaded_batched: jets the Batcher of a jet model merges and preprocesses at once.
 BATCH_ROWS = 256
 
 
 def in_process(repository: Path, models: list[str],
                versions: dict[str, str | None] | None = None) -> dict[str, Any]:
-    """Each model's runner, loaded in this process as `load_in_process` does (`load_checked`
-    + the model's config), with one thread (ONE_THREAD): the version `versions` names, else
-    the one a request naming none gets (the highest the config serves)."""
-    from offload_server.backends.triton_model import load_checked
-    from offload_server.model_spec import default_version, spec_from_folder
+    """Each model's runner, loaded in this process by `load_in_process` with one thread
+    (ONE_THREAD): the version `versions` names, else the one a request naming none gets (the
+    highest the config serves)."""
+    from offload_server.backends import load_in_process
 
-    runners = {}
-    for name in models:
-        folder = repository / name
-        spec = spec_from_folder(folder)
-        spec = replace(spec, parameters={**spec.parameters, **ONE_THREAD})
-        version = (versions or {}).get(name) or default_version(folder)
-        runners[name] = load_checked(folder, version, spec)
-    return runners
+    return {name: load_in_process(repository / name, (versions or {}).get(name) or None,
+                                  one_thread=True) for name in models}
 
 
 def offloaded(address: str, models: list[str], timeout: float,

@@ -9,7 +9,7 @@ import numpy as np
 
 from offload.physics.jets import CONSTITUENT_FEATURES, JET_FEATURES
 from offload_training.card_sections import raw_jet_inputs
-from offload_training.export import BatchTiming, markdown_table, timing_table
+from offload_training.export import MAX_BATCH_RULE, BatchTiming, markdown_table, timing_table
 from offload_training.jet_samples import JetSample
 from offload_training.metrics import PT_BINS
 from offload_training.plotting import pyplot
@@ -90,7 +90,7 @@ the tests serve it and recompute these.
 
 ## Batch size
 Measured in-process with TensorFlow (as the backend runs it) on {metrics['machine']['host']};
-`max_batch_size` = twice the smallest batch reaching 90 % of the best throughput:
+`max_batch_size` = {MAX_BATCH_RULE}:
 **{metrics['export']['max_batch_size']}**. SavedModel vs Keras: largest difference
 {metrics['export']['savedmodel_vs_keras_max_abs']:.1e}.
 

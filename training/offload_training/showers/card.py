@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from offload_training.export import BatchTiming, markdown_table, timing_table
+from offload_training.export import MAX_BATCH_RULE, BatchTiming, markdown_table, timing_table
 from offload_training.showers import geometry as geo
 
 
@@ -234,8 +234,8 @@ at the end of the run):
 
 {timing_table(timings)}
 
-`max_batch_size` = {speed['generator_batch']}: the smallest batch reaching 90 % of the best
-throughput, doubled for headroom (`offload_training.export.choose_max_batch_size`).
+`max_batch_size` = {speed['generator_batch']}: {MAX_BATCH_RULE}
+(`offload_training.export.choose_max_batch_size`).
 
 {speed_table}
 
