@@ -24,6 +24,25 @@ from offload.physics.jets import CONSTITUENT_FEATURES, MAX_CONSTITUENTS
 _FAR = 1e9
 
 
+def nearest_neighbours(coordinates: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [B, P, k] of each particle's k nearest real particles (itself excluded)."""
+    # Squared distances from explicit differences, not |a|² − 2ab + |b|²: the expanded form
+    # cancels badly for close particles, and its matrix product is summed in a different
+    # order by torch and onnxruntime, which flips near-ties in the neighbour choice between
+    # training and serving.
+    difference = coordinates.unsqueeze(2) - coordinates.unsqueeze(1)
+    distance = (difference * difference).sum(-1)
+    distance = distance + (1 - mask.transpose(1, 2)) * _FAR
+    return distance.topk(k + 1, dim=-1, largest=False).indices[:, :, 1:]
+
+
+def gather_neighbours(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values [B, P, C] at index [B, P, k] -> [B, P, k, C]."""
+    batch, particles, k = index.shape
+    flat = index.reshape(batch, particles * k, 1).expand(-1, -1, values.shape[-1])
+    return torch.gather(values, 1, flat).reshape(batch, particles, k, values.shape[-1])
+
+
 class EdgeConv(nn.Module):
     def __init__(self, k: int, in_channels: int, channels: tuple[int, ...]) -> None:
         super().__init__()
@@ -39,17 +58,7 @@ class EdgeConv(nn.Module):
     def forward(self, points: torch.Tensor, features: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
         # points [B, P, D], features [B, P, C], mask [B, P, 1]
-        batch, particles, channels = features.shape
-        # Squared distances from explicit differences, not |a|² − 2ab + |b|²: the expanded
-        # form cancels badly for close particles, and its matrix product is summed in a
-        # different order by torch and onnxruntime, which flips near-ties in the neighbour
-        # choice between training and serving.
-        difference = points.unsqueeze(2) - points.unsqueeze(1)
-        distance = (difference * difference).sum(-1)
-        distance = distance + (1 - mask.transpose(1, 2)) * _FAR
-        neighbours = distance.topk(self.k + 1, dim=-1, largest=False).indices[:, :, 1:]
-        index = neighbours.reshape(batch, particles * self.k, 1).expand(-1, -1, channels)
-        gathered = torch.gather(features, 1, index).reshape(batch, particles, self.k, channels)
+        gathered = gather_neighbours(features, nearest_neighbours(points, mask, self.k))
         centre = features.unsqueeze(2).expand(-1, -1, self.k, -1)
         edges = torch.cat([centre, gathered - centre], dim=-1)
         aggregated = self.mlp(edges).mean(dim=2)

@@ -35,9 +35,7 @@ import torch
 from torch import nn
 
 from offload.physics.jets import CONSTITUENT_FEATURES, MAX_CONSTITUENTS
-
-#: Far enough that a padding slot is never a real particle's neighbour.
-_FAR = 1e9
+from offload_training.tagger.model import gather_neighbours, nearest_neighbours
 
 
 @dataclass(frozen=True)
@@ -59,21 +57,6 @@ class Architecture:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _knn(coordinates: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [B, P, k] of each particle's k nearest real particles (itself excluded)."""
-    difference = coordinates.unsqueeze(2) - coordinates.unsqueeze(1)
-    distance = (difference * difference).sum(-1)
-    distance = distance + (1 - mask.transpose(1, 2)) * _FAR
-    return distance.topk(k + 1, dim=-1, largest=False).indices[:, :, 1:]
-
-
-def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values [B, P, C] at index [B, P, k] -> [B, P, k, C]."""
-    batch, particles, k = index.shape
-    flat = index.reshape(batch, particles * k, 1).expand(-1, -1, values.shape[-1])
-    return torch.gather(values, 1, flat).reshape(batch, particles, k, values.shape[-1])
 
 
 class EdgeConvBlock(nn.Module):
@@ -101,9 +84,9 @@ class EdgeConvBlock(nn.Module):
     def forward(self, coordinates: torch.Tensor, x: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
         # coordinates [B, P, D] (the graph's space), x [B, P, C], mask [B, P, 1]
-        index = _knn(coordinates.detach(), mask, self.k)
-        neighbour_mask = _gather(mask, index).transpose(2, 3)  # [B, P, 1, k]
-        edges = self.centre(x).unsqueeze(2) + _gather(self.neighbour(x), index)
+        index = nearest_neighbours(coordinates.detach(), mask, self.k)
+        neighbour_mask = gather_neighbours(mask, index).transpose(2, 3)  # [B, P, 1, k]
+        edges = self.centre(x).unsqueeze(2) + gather_neighbours(self.neighbour(x), index)
         edges = torch.relu(self._norm(self.first_norm, edges))
         for linear, norm in zip(self.layers[0::2], self.layers[1::2], strict=True):
             edges = torch.relu(self._norm(norm, linear(edges)))
